@@ -1,0 +1,17 @@
+# flannelette: `make demo` runs a 3-node cluster in network namespaces, `make test` runs every test tier.
+.PHONY: setup test unit demo demo-down bench clean
+
+setup:
+	bash packaging/dev-setup.sh
+
+test: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+
+unit: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
+
+bench: setup
+	.venv/bin/python -m tests.bench
+
+clean:
+	rm -rf build dist .venv

@@ -1,0 +1,1 @@
+"""Typed models of everything that crosses a boundary. Imports nothing of ours."""

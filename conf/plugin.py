@@ -1,0 +1,100 @@
+"""Our plugins' own config: the `flannelette` plugin and the `flannelette-ipam` IPAM."""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from conf.cni import NetConf, Route, valid_ifname
+from conf.flannel import DEFAULT_SUBNET_FILE
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+IPAM_TYPE = "flannelette-ipam"
+DEFAULT_IPAM_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_PLUGIN_DATA_DIR = "/var/lib/cni/flannelette"
+DEFAULT_SOCKET = "/run/flannelette/cni.sock"
+
+
+class IpamRange(BaseModel):
+    """One range of a range set, host-local's meaning."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    subnet: IPNet
+    range_start: Optional[IPAddr] = Field(default=None, alias="rangeStart")
+    range_end: Optional[IPAddr] = Field(default=None, alias="rangeEnd")
+    gateway: Optional[IPAddr] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "IpamRange":
+        net = self.subnet
+        if net.num_addresses < 4:
+            raise ValueError(f"subnet {net} is too small to allocate from")
+        for name in ("range_start", "range_end", "gateway"):
+            addr = getattr(self, name)
+            if addr is not None and addr not in net:
+                raise ValueError(f"{name} {addr} is not inside subnet {net}")
+        if self.range_start and self.range_end and self.range_start > self.range_end:
+            raise ValueError(f"rangeStart {self.range_start} is after rangeEnd {self.range_end}")
+        return self
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _strict_network(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            net = ipaddress.ip_network(v, strict=False)
+            if str(net.network_address) != v.split("/")[0]:
+                raise ValueError(f"subnet {v} has host bits set; did you mean {net}?")
+        return v
+
+
+class IpamConf(BaseModel):
+    """The `ipam` object for `flannelette-ipam`."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+
+    type: str = IPAM_TYPE
+    subnet_file: str = Field(default=DEFAULT_SUBNET_FILE, alias="subnetFile")
+    data_dir: str = Field(default=DEFAULT_IPAM_DATA_DIR, alias="dataDir")
+    ranges: list[list[IpamRange]] = Field(default_factory=list)
+    routes: Optional[list[Route]] = None
+
+    @field_validator("ranges")
+    @classmethod
+    def _non_empty_sets(cls, v: list[list[IpamRange]]) -> list[list[IpamRange]]:
+        for i, rs in enumerate(v):
+            if not rs:
+                raise ValueError(f"range set {i} is empty")
+        return v
+
+
+class PluginConf(NetConf):
+    """The `flannelette` plugin's entry in the conflist."""
+
+    subnet_file: str = Field(default=DEFAULT_SUBNET_FILE, alias="subnetFile")
+    data_dir: str = Field(default=DEFAULT_PLUGIN_DATA_DIR, alias="dataDir")
+    bridge: str = "cni0"
+    mtu: int = Field(default=0, ge=0, le=65535)
+    hairpin_mode: bool = Field(default=True, alias="hairpinMode")
+    is_default_gateway: bool = Field(default=True, alias="isDefaultGateway")
+    daemon_socket: str = Field(default=DEFAULT_SOCKET, alias="daemonSocket")
+    ipam: dict[str, Any] = Field(default_factory=lambda: {"type": IPAM_TYPE})
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str) -> str:
+        if not valid_ifname(v):
+            raise ValueError(f"{v!r} is not a valid interface name")
+        return v
+
+    @field_validator("ipam")
+    @classmethod
+    def _ipam(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            return {"type": IPAM_TYPE}
+        if not isinstance(v.get("type", IPAM_TYPE), str):
+            raise ValueError("ipam.type must be a string")
+        return {"type": IPAM_TYPE, **v}

@@ -1,0 +1,1 @@
+"""Shared test helpers: throwaway network namespaces and a real etcd."""
