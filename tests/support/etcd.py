@@ -1,0 +1,88 @@
+"""A real etcd (Debian's etcd-server) for tests, listening inside a network namespace.
+
+`EtcdServer(ns, ip)` starts etcd in `ns` on ip:port with a throwaway data dir; the
+test's own process reaches it only from inside a namespace (`ns.run("etcdctl", ...)`
+or a daemon started with `ip netns exec`), never through the root namespace.
+TLS and auth can be layered on by passing extra etcd flags and a scheme.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+from tests.support.netns import NetNS
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
+
+
+class EtcdServer:
+    def __init__(self, ns: NetNS, ip: str = "127.0.0.1", port: int = 2379,
+                 scheme: str = "http", extra_args: tuple[str, ...] = (),
+                 ctl_args: tuple[str, ...] = ()):
+        self.ns, self.ip, self.port, self.scheme = ns, ip, port, scheme
+        self.extra_args = extra_args
+        self.ctl_args = ctl_args  # e.g. --cacert/--cert/--key/--user for etcdctl
+        self.data_dir = tempfile.mkdtemp(prefix="flt-etcd-")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.scheme}://{self.ip}:{self.port}"
+
+    def start(self, timeout: float = 20) -> "EtcdServer":
+        peer = self.port + 1
+        log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
+        self.proc = self.ns.popen(
+            ETCD, "--name", "flt", "--data-dir", os.path.join(self.data_dir, "data"),
+            "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+            "--listen-peer-urls", f"http://{self.ip}:{peer}",
+            "--initial-advertise-peer-urls", f"http://{self.ip}:{peer}",
+            "--initial-cluster", f"flt=http://{self.ip}:{peer}",
+            "--logger", "zap", "--log-outputs", "stderr",
+            *self.extra_args, stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited: see {self.data_dir}/etcd.log")
+            if self.ctl("endpoint", "health", check=False).returncode == 0:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd did not become healthy in {timeout}s; see {self.data_dir}/etcd.log")
+
+    def ctl(self, *args: str, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        env = dict(os.environ, ETCDCTL_API="3")
+        return self.ns.run(ETCDCTL, "--endpoints", self.endpoint, "--dial-timeout", "2s",
+                           *self.ctl_args, *args, check=check, input=input, env=env)
+
+    def put(self, key: str, value: str) -> None:
+        self.ctl("put", key, value)
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        out = self.ctl("get", "--prefix", prefix).stdout.decode().splitlines()
+        return dict(zip(out[::2], out[1::2]))
+
+    def stop(self) -> None:
+        """Stop etcd, keeping its data (start() again resumes the same store)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "EtcdServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
