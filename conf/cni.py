@@ -139,6 +139,12 @@ class NetConf(BaseModel):
     valid_attachments: Optional[list[Attachment]] = Field(
         default=None, alias="cni.dev/valid-attachments"
     )
+    # The spec-v1.1.0 text named the key `cni.dev/attachments`; libcni sends both.
+    old_attachments: Optional[list[Attachment]] = Field(default=None, alias="cni.dev/attachments")
+
+    def gc_attachments(self) -> Optional[list[Attachment]]:
+        """GC's still-valid attachments; None when the runtime sent neither key."""
+        return self.valid_attachments if self.valid_attachments is not None else self.old_attachments
 
     @field_validator("name")
     @classmethod

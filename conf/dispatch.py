@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import traceback
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -75,7 +74,9 @@ def run(handlers: dict[str, Handler], environ: dict[str, str], stdin: bytes,
         log.info("CNI error %d: %s", e.code, e.msg)
         return 1, _dump(e.to_dict(version))
     except Exception as e:  # the one seam where foreign exceptions become 999
-        log.error("internal error: %s", traceback.format_exc())
+        # The traceback rides on exc_info: a daemon's log keeps it, an executable's
+        # one-line stderr formatter drops it.
+        log.error("internal error: %s: %s", type(e).__name__, e, exc_info=True)
         err = InternalError(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         return 1, _dump(err.to_dict(version))
     if reply is None:

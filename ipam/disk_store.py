@@ -1,0 +1,183 @@
+"""host-local's on-disk store, so operators and tools that know host-local know ours.
+
+Layout of `<dataDir>/<network name>/`:
+  <ip>                    one file per held address: "<containerID>\\r\\n<ifname>"
+  last_reserved_ip.<N>    the round-robin hint of range set N
+  lock                    flock()ed for the whole of every operation
+
+Crash safety: a reservation is written and fsynced under a temporary name and
+then link()ed to `<ip>`; link fails when the name exists, so the claim is
+exclusive, and the name never exists with partial content. A kill leaves at most
+a `.<ip>.*` temporary file, which never blocks an address and which GC removes.
+
+Files we did not write cleanly (host-local killed between create and write, or a
+hand edit) are handled so that no address leaks forever:
+  - an empty file holds nobody: `reserve` reclaims it and GC releases it;
+  - a garbled file (not UTF-8, or no valid container id) keeps blocking its
+    address, because someone wrote it on purpose, until GC releases it.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from conf.cni import CONTAINER_ID_RE
+from conf.errors import IOFailureError
+from conf.flannel import write_atomic
+from ipam.store import IPAddr, Reservation, ip_sort_key
+
+LOCK_FILE = "lock"
+LAST_RESERVED_PREFIX = "last_reserved_ip."
+LINE_BREAK = "\r\n"
+
+
+class DiskStore:
+    """The `Store` of one network: `<data_dir>/<network>/`. Safe across processes
+    and threads: each operation opens its own lock fd, and flock() locks of two
+    open file descriptions exclude each other even inside one process."""
+
+    def __init__(self, data_dir: str, network: str):
+        self.dir = os.path.join(data_dir, network)
+
+    # ---------------------------------------------------------------- locking
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise IOFailureError(f"cannot open the IPAM store {self.dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        except OSError as e:  # a full or read-only disk: the spec's I/O failure, not a crash
+            raise IOFailureError(f"IPAM store {self.dir}: {e.strerror or e}") from None
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    # ---------------------------------------------------------------- reservations
+
+    def reserve(self, container_id: str, ifname: str, ip: IPAddr, range_id: int) -> bool:
+        path = self._path(ip)
+        if os.path.lexists(path):
+            if not self._is_empty(path):
+                return False
+            os.unlink(path)  # a writer died before writing anything: nobody holds it
+        if not self._link_new(path, f"{container_id}{LINE_BREAK}{ifname}".encode()):
+            return False
+        write_atomic(self._last_reserved_path(range_id), str(ip).encode(), 0o644)
+        return True
+
+    def last_reserved_ip(self, range_id: int) -> Optional[IPAddr]:
+        try:
+            with open(self._last_reserved_path(range_id), encoding="ascii") as f:
+                return ipaddress.ip_address(f.read().strip())
+        except (OSError, ValueError):
+            return None  # missing or unreadable hint: start from the first address
+
+    def release(self, ip: IPAddr) -> None:
+        try:
+            os.unlink(self._path(ip))
+        except FileNotFoundError:
+            pass
+
+    def release_by_id(self, container_id: str, ifname: str) -> list[IPAddr]:
+        released = []
+        for r in self.list_all():
+            if r.belongs_to(container_id, ifname):
+                self.release(r.ip)
+                released.append(r.ip)
+        return released
+
+    def get_by_id(self, container_id: str, ifname: str) -> list[IPAddr]:
+        return [r.ip for r in self.list_all() if r.belongs_to(container_id, ifname)]
+
+    def list_all(self) -> list[Reservation]:
+        out = []
+        for name in self._names():
+            try:
+                ip = ipaddress.ip_address(name)
+            except ValueError:
+                continue  # lock, last_reserved_ip.N, temporary files, foreign files
+            out.append(self._read(ip))
+        return sorted(out, key=lambda r: ip_sort_key(r.ip))
+
+    def remove_stale_temp_files(self) -> int:
+        """Drop `.<name>.*` files left by a writer killed mid-write. Only call with
+        the lock held: then no writer is alive to own them."""
+        removed = 0
+        for name in self._names():
+            if name.startswith("."):
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    # ---------------------------------------------------------------- files
+
+    def _path(self, ip: IPAddr) -> str:
+        return os.path.join(self.dir, str(ip))
+
+    def _last_reserved_path(self, range_id: int) -> str:
+        return os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{range_id}")
+
+    def _names(self) -> list[str]:
+        try:
+            return os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+
+    def _read(self, ip: IPAddr) -> Reservation:
+        try:
+            with open(self._path(ip), "rb") as f:
+                text = f.read(4096).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        container_id, _, ifname = text.partition(LINE_BREAK)
+        if not CONTAINER_ID_RE.match(container_id):
+            return Reservation(ip=ip, container_id="", ifname="")
+        return Reservation(ip=ip, container_id=container_id, ifname=ifname.strip())
+
+    @staticmethod
+    def _is_empty(path: str) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return not f.read(4096).strip()
+        except FileNotFoundError:
+            return True
+
+    def _link_new(self, path: str, content: bytes) -> bool:
+        """Write `content` to a synced temporary file, then link it to `path`."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + os.path.basename(path) + ".")
+        try:
+            try:
+                os.write(fd, content)
+                os.fchmod(fd, 0o600)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except OSError as e:
+                if e.errno == errno.EEXIST:
+                    return False
+                raise
+        finally:
+            os.unlink(tmp)
+        self._sync_dir()
+        return True
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
