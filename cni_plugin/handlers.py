@@ -1,0 +1,145 @@
+"""The `flannelette` plugin's CNI verbs, each a script of named steps.
+
+ADD: load config -> load subnet.env -> open the pod netns -> check the pod's ifname
+-> ensure bridge -> setup veth -> ipam add -> configure pod iface -> save state ->
+result. Every step that changes something registers its undo on an ExitStack, so an
+ADD failing anywhere leaves no veth and no allocation behind.
+
+The handlers are thread-safe: the daemon calls them concurrently on pool threads.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Optional
+
+from conf.cni import Result, load_model
+from conf.dispatch import Handler, Request
+from conf.errors import CniError, InvalidConfigError, NotAvailableError
+from conf.flannel import load_subnet_env
+from conf.plugin import PluginConf
+
+from cni_plugin import links
+from cni_plugin.check import verify_attachment
+from cni_plugin.ipam_client import call_ipam, ipam_config
+from cni_plugin.plan import bridge_gateways, build_result, effective_mtu, plan_pod
+from cni_plugin.podns import host_netlink, netlink_in, pod_netns_fd
+from cni_plugin.state import AttachmentState, list_states, load_state, remove_state, save_state
+
+log = logging.getLogger("flannelette")
+
+
+def load_conf(req: Request) -> PluginConf:
+    return load_model(PluginConf, req.raw)
+
+
+def _best_effort(what: str, fn: Callable, *args) -> None:
+    """An undo step: its failure is logged, never allowed to hide the error being unwound."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - the original error matters more
+        log.warning("undo %s failed: %s", what, getattr(e, "msg", e))
+
+
+def cmd_add(req: Request) -> Result:
+    conf = load_conf(req)
+    subnet_env = load_subnet_env(conf.subnet_file)
+    cid, ifname, netns = req.env.container_id, req.env.ifname, req.env.netns
+    mtu = effective_mtu(conf, subnet_env)
+    host_name = links.host_veth_name(cid, ifname)
+    ipam_raw = ipam_config(req.raw, conf.ipam, conf.subnet_file)
+    ipr = host_netlink()
+    with pod_netns_fd(netns, req.netns_fd) as pod_fd, \
+            contextlib.closing(netlink_in(pod_fd)) as pod, contextlib.ExitStack() as undo:
+        links.check_pod_ifname_free(ipr, pod, ifname, host_name, netns)
+        bridge = links.ensure_bridge(ipr, conf.bridge, mtu, bridge_gateways(subnet_env))
+        host, pod_mac = links.setup_veth(ipr, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode)
+        undo.callback(_best_effort, f"delete {host_name}", links.delete_link, ipr, host_name)
+        ipam_result = call_ipam(req.env, "ADD", ipam_raw) or Result()
+        undo.callback(_best_effort, "ipam DEL", call_ipam, req.env, "DEL", ipam_raw)
+        if not ipam_result.ips:
+            raise InvalidConfigError(f"IPAM {ipam_raw['ipam'].get('type')} returned no IP address")
+        plan = plan_pod(conf, subnet_env, ipam_result)
+        links.configure_pod_iface(pod, ifname, plan.addresses, plan.routes)
+        result = build_result(conf, plan, ipam_result, bridge_mac=bridge.mac, host_veth=host_name,
+                              host_mac=host.mac, ifname=ifname, pod_mac=pod_mac, netns=netns, mtu=mtu)
+        save_state(conf.data_dir, conf.name, AttachmentState(
+            container_id=cid, ifname=ifname, netns=netns, host_veth=host_name, bridge=conf.bridge,
+            ipam=ipam_raw["ipam"], config=req.raw, result=result.model_dump(by_alias=True)))
+        undo.pop_all()
+    return result
+
+
+def _saved_or_requested_ipam(req: Request, conf: PluginConf, state: Optional[AttachmentState]) -> dict:
+    if state is not None and state.ipam:
+        return {**req.raw, "ipam": state.ipam}
+    return ipam_config(req.raw, conf.ipam, conf.subnet_file)
+
+
+def cmd_del(req: Request) -> None:
+    """Remove the host veth (its pod end goes with it), release the address, forget the state.
+
+    Needs neither the netns nor subnet.env: the link name is derived from the container
+    id and the IPAM config comes from what ADD saved.
+    """
+    conf = load_conf(req)
+    cid, ifname = req.env.container_id, req.env.ifname
+    state = load_state(conf.data_dir, conf.name, cid, ifname)
+    host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
+    links.delete_link(host_netlink(), host_name)
+    call_ipam(req.env, "DEL", _saved_or_requested_ipam(req, conf, state))
+    remove_state(conf.data_dir, conf.name, cid, ifname)
+
+
+def cmd_check(req: Request) -> None:
+    conf = load_conf(req)
+    if conf.prev_result is None:
+        raise InvalidConfigError("invalid network configuration: field 'prevResult' is required for CHECK")
+    prev = Result.load(conf.prev_result)
+    cid, ifname = req.env.container_id, req.env.ifname
+    state = load_state(conf.data_dir, conf.name, cid, ifname)
+    host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
+    with pod_netns_fd(req.env.netns, req.netns_fd) as pod_fd, contextlib.closing(netlink_in(pod_fd)) as pod:
+        verify_attachment(host_netlink(), pod, prev, bridge=conf.bridge, host_name=host_name, ifname=ifname)
+    call_ipam(req.env, "CHECK", _saved_or_requested_ipam(req, conf, state))
+
+
+def cmd_status(req: Request) -> None:
+    conf = load_conf(req)
+    try:
+        load_subnet_env(conf.subnet_file)
+    except CniError as e:
+        raise NotAvailableError(f"flannelette cannot set up pods: {e.msg}", e.details) from None
+    call_ipam(req.env, "STATUS", ipam_config(req.raw, conf.ipam, conf.subnet_file))
+
+
+def cmd_gc(req: Request) -> None:
+    """Remove host veths and state of attachments the runtime no longer knows, then IPAM GC."""
+    conf = load_conf(req)
+    if conf.valid_attachments is None:
+        raise InvalidConfigError(
+            "invalid network configuration: field 'cni.dev/valid-attachments' is required for GC")
+    valid = {(a.container_id, a.ifname) for a in conf.valid_attachments}
+    ipr = host_netlink()
+    failures: list[CniError] = []
+    for state in list_states(conf.data_dir, conf.name):
+        if (state.container_id, state.ifname) in valid:
+            continue
+        try:
+            links.delete_link(ipr, state.host_veth)
+        except CniError as e:  # keep collecting, like host-local across ranges
+            failures.append(e)
+            continue
+        remove_state(conf.data_dir, conf.name, state.container_id, state.ifname)
+    call_ipam(req.env, "GC", ipam_config(req.raw, conf.ipam, conf.subnet_file))
+    if failures:
+        raise failures[0]
+
+
+HANDLERS: dict[str, Handler] = {
+    "ADD": cmd_add,
+    "DEL": cmd_del,
+    "CHECK": cmd_check,
+    "STATUS": cmd_status,
+    "GC": cmd_gc,
+}

@@ -1,0 +1,85 @@
+"""Per-attachment state under the plugin's dataDir: what ADD did, so DEL can undo it.
+
+One JSON file per (container id, ifname) in `<dataDir>/<network name>/`. It holds the
+network config as ADD rendered it (IPAM config with the subnet.env values of that
+moment) and the result, so DEL and GC act on what was really set up even when
+subnet.env changed or vanished since.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterator, Optional
+
+from pydantic import BaseModel, Field, ValidationError
+
+from conf.flannel import write_atomic
+
+log = logging.getLogger("flannelette")
+
+
+class AttachmentState(BaseModel):
+    container_id: str
+    ifname: str
+    netns: str = ""
+    host_veth: str
+    bridge: str
+    ipam: dict[str, Any] = Field(default_factory=dict)  # the IPAM config ADD used
+    config: dict[str, Any] = Field(default_factory=dict)  # the full network config ADD got
+    result: dict[str, Any] = Field(default_factory=dict)  # the ADD result, 1.1.0 shape
+
+
+def network_dir(data_dir: str, network: str) -> str:
+    return os.path.join(data_dir, network)
+
+
+def state_path(data_dir: str, network: str, container_id: str, ifname: str) -> str:
+    # A container id never holds ':', so "<id>:<ifname>" cannot collide.
+    return os.path.join(network_dir(data_dir, network), f"{container_id}:{ifname}.json")
+
+
+def save_state(data_dir: str, network: str, state: AttachmentState) -> str:
+    path = state_path(data_dir, network, state.container_id, state.ifname)
+    write_atomic(path, state.model_dump_json().encode(), 0o600)
+    return path
+
+
+def _read(path: str) -> Optional[AttachmentState]:
+    try:
+        with open(path, "rb") as f:
+            return AttachmentState.model_validate_json(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValidationError, ValueError) as e:
+        # A damaged file must not block DEL: fall back to what the request itself says.
+        log.warning("ignoring unreadable attachment state %s: %s", path, str(e).splitlines()[0])
+        return None
+
+
+def load_state(data_dir: str, network: str, container_id: str, ifname: str) -> Optional[AttachmentState]:
+    return _read(state_path(data_dir, network, container_id, ifname))
+
+
+def remove_state(data_dir: str, network: str, container_id: str, ifname: str) -> None:
+    try:
+        os.unlink(state_path(data_dir, network, container_id, ifname))
+    except FileNotFoundError:
+        pass
+
+
+def list_states(data_dir: str, network: str) -> Iterator[AttachmentState]:
+    directory = network_dir(data_dir, network)
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            state = _read(os.path.join(directory, name))
+            if state is not None:
+                yield state
+
+
+def dump_config(raw: dict) -> bytes:
+    return json.dumps(raw, separators=(",", ":")).encode()
