@@ -1,0 +1,215 @@
+"""The `flannelette` executable a runtime runs: a lean shim in front of the node daemon.
+
+Every CNI call pays for interpreter start-up plus its imports, so this module imports only
+C-level stdlib modules (sys, posix, _socket, _json): `json`, `socket` or `os` would add
+10-20 ms per call, pyroute2 and pydantic 150-250 ms (../shared/reference/python-cni-performance.md).
+It forwards the request (CNI_* env, stdin, an open fd of CNI_NETNS over SCM_RIGHTS) to the
+daemon socket named by the config's `daemonSocket` and prints the reply. When the daemon
+cannot be reached, or the config is too broken to tell where it is, the same handlers run
+in-process (slow but identical). `flannelette status` shows the node's leases.
+
+Wire format (daemon/cni_server.py is the other end):
+  request = b"FLT1" + op(1) + len(env)(4, big-endian) + len(stdin)(4) + env + stdin
+            env is b"KEY=VALUE\\0" per CNI_* variable; the netns fd rides on the first byte.
+  reply   = exit status(1) + len(stdout)(4) + stdout; exit status 255 means "refused, run it
+            yourself" (the peer is not root).
+"""
+import sys
+import posix
+import _json
+import _socket
+
+DEFAULT_SOCKET = "/run/flannelette/cni.sock"
+MAX_STDIN = 1 << 20  # conf.cni.MAX_STDIN: one byte more is enough to report "too big"
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")  # conf.cni's; a test checks
+MAGIC = b"FLT1"
+OP_CNI = b"C"
+OP_STATUS = b"S"
+REFUSED = 255
+HEADER_LEN = len(MAGIC) + 1 + 4 + 4
+
+
+class _ScanContext:
+    """What _json.make_scanner reads off a JSONDecoder: json.loads' defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity, as json.loads accepts them
+
+
+_scan = _json.make_scanner(_ScanContext)
+
+
+def _skip_ws(text, i):
+    n = len(text)
+    while i < n and text[i] in " \t\n\r":
+        i += 1
+    return i
+
+
+def parse_json(data):
+    """stdin bytes -> a dict as json.loads would give, or None when anything is off."""
+    try:
+        text = data.decode()
+        obj, end = _scan(text, _skip_ws(text, 0))
+    except Exception:  # the in-process path produces the precise error
+        return None
+    if _skip_ws(text, end) != len(text) or type(obj) is not dict:
+        return None
+    return obj
+
+
+def read_stdin():
+    chunks = []
+    total = 0
+    try:
+        while total <= MAX_STDIN:
+            chunk = posix.read(0, MAX_STDIN + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError:  # no stdin at all: the config decoder reports it
+        pass
+    return b"".join(chunks)
+
+
+def cni_environ():
+    return b"".join(k + b"=" + v + b"\0" for k, v in posix.environ.items() if k[:4] == b"CNI_")
+
+
+def encode_request(op, env, stdin):
+    return MAGIC + op + len(env).to_bytes(4, "big") + len(stdin).to_bytes(4, "big") + env + stdin
+
+
+def _open_netns():
+    path = posix.environ.get(b"CNI_NETNS")
+    if not path:
+        return -1
+    try:
+        return posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:  # vanished or unreadable: the handlers report (or tolerate, for DEL) it
+        return -1
+
+
+def _recv_exact(sock, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def exchange(path, request, fd=-1):
+    """Send one request; (status, payload), or None when the daemon cannot take it
+    (absent, refusing, or gone before it had the whole request). Raises ConnectionError
+    when the daemon vanished after the whole request was sent (it may have acted on it)."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        try:
+            sock.connect(path)
+            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
+            sent = sock.sendmsg([request], rights if fd >= 0 else [], _socket.MSG_NOSIGNAL)
+            if sent < len(request):
+                sock.sendall(request[sent:], _socket.MSG_NOSIGNAL)
+        except OSError:
+            return None
+        head = _recv_exact(sock, 5)
+        if head is None:
+            raise ConnectionError("the daemon closed the connection before replying")
+        status = head[0]
+        if status == REFUSED:
+            return None
+        payload = _recv_exact(sock, int.from_bytes(head[1:], "big"))
+        if payload is None:
+            raise ConnectionError("the daemon's reply was cut short")
+        return status, payload
+    finally:
+        sock.close()
+
+
+def _json_str(s):
+    return _json.encode_basestring_ascii(s)
+
+
+def version_reply(config):
+    """The VERSION answer, byte for byte what conf.dispatch gives."""
+    version = config.get("cniVersion")
+    if type(version) is not str or not version:
+        version = SUPPORTED_VERSIONS[-1]
+    listed = ",".join(_json_str(v) for v in SUPPORTED_VERSIONS)
+    return ('{"cniVersion":%s,"supportedVersions":[%s]}\n' % (_json_str(version), listed)).encode()
+
+
+def try_again_reply(config, why):
+    version = config.get("cniVersion")
+    if type(version) is not str or not version:
+        version = SUPPORTED_VERSIONS[-1]
+    msg = "the flannelette daemon went away mid-request (%s); retry the operation" % why
+    return ('{"cniVersion":%s,"code":11,"msg":%s}\n' % (_json_str(version), _json_str(msg))).encode()
+
+
+def write_out(data):
+    view = memoryview(data)
+    while view:
+        view = view[posix.write(1, view):]
+
+
+def run_in_process(stdin, fd=-1):
+    """The slow path: the same handlers, in this process. Does not return."""
+    if fd >= 0:
+        posix.close(fd)  # the handlers open CNI_NETNS themselves, as the daemon cannot here
+    import os
+    from conf.dispatch import run
+    from cni_plugin.handlers import HANDLERS
+    status, out = run(HANDLERS, dict(os.environ), stdin)
+    write_out(out)
+    sys.exit(status)  # a normal exit, so the in-process stack can flush its logs
+
+
+def run_cni():
+    stdin = read_stdin()
+    config = parse_json(stdin) if stdin.strip() else {}
+    if config is None:
+        return run_in_process(stdin)
+    if posix.environ.get(b"CNI_COMMAND") == b"VERSION":
+        write_out(version_reply(config))
+        return 0
+    path = config.get("daemonSocket", DEFAULT_SOCKET)
+    if type(path) is not str or not path:  # "" disables the fast path; a bad type is reported there
+        return run_in_process(stdin)
+    fd = _open_netns()
+    try:
+        reply = exchange(path, encode_request(OP_CNI, cni_environ(), stdin), fd)
+    except ConnectionError as e:
+        write_out(try_again_reply(config, e.args[0]))
+        return 1
+    except OSError:
+        reply = None
+    if reply is None:
+        return run_in_process(stdin, fd)
+    if fd >= 0:
+        posix.close(fd)
+    write_out(reply[1])
+    return reply[0]
+
+
+def main():
+    argv = sys.argv
+    if argv[0].rpartition("/")[2] == "flannelette-ipam":  # one frozen binary serves both names
+        from ipam.main import main as ipam_main
+        return ipam_main()
+    if len(argv) > 1 and argv[1] == "status":
+        from cni_plugin.status import main as status_main
+        sys.exit(status_main(argv[2:]))
+    status = run_cni()
+    posix._exit(status)  # everything went out through posix.write: skip interpreter teardown
+
+
+if __name__ == "__main__":
+    main()

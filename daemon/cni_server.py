@@ -1,0 +1,290 @@
+"""The CNI fast path, daemon side: runs CNI requests from the lean shim warm.
+
+The shim (cni_plugin/shim.py, which documents the wire format) passes the CNI_* env, the
+stdin bytes and an open fd of the pod netns; a worker thread runs them through
+conf.dispatch.run with the same handlers the in-process path uses, and replies with the
+exit status and stdout. Threads, not asyncio: the handlers block on netlink and do
+per-thread setns, and an accept thread plus a pool costs nothing measurable
+(python-cni-performance.md section 2).
+
+Safety: the socket's directory is 0700 and the socket 0600; the peer must also be uid 0
+(SO_PEERCRED; or the daemon's own uid, which can do no more than the daemon), otherwise it
+is told to run the request itself. A request whose client is
+killed mid-way still runs to its end (the handlers roll back on failure), and requests
+for the same container are serialised, so a retried ADD waits for the first one and then
+gets the same address.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+from conf import dispatch
+from conf.cni import MAX_STDIN
+
+log = logging.getLogger("flannelette.cni_server")
+
+MAGIC = b"FLT1"
+OP_CNI = b"C"
+OP_STATUS = b"S"
+REFUSED = 255
+HEADER = struct.Struct(">4scII")
+MAX_ENV = 1 << 16
+MAX_FDS = 4  # the shim sends one; take a few so extra ones are closed rather than leaked
+READ_TIMEOUT = 10.0  # a client that stalls mid-request loses its worker after this
+
+StatusProvider = Callable[[], dict]
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class _KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, list] = {}  # key -> [lock, users]
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._guard:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+
+
+def peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        chunk = conn.recv(min(left, 1 << 20))
+        if not chunk:
+            raise ProtocolError(f"client went away with {left} of {n} bytes unsent")
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _received_fds(ancdata) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", data[:usable]))
+    return fds
+
+
+def read_request(conn: socket.socket) -> tuple[bytes, dict[str, str], bytes, Optional[int]]:
+    """(op, env, stdin, netns fd or None); the caller owns the fd."""
+    head, ancdata, _flags, _addr = conn.recvmsg(HEADER.size, socket.CMSG_SPACE(MAX_FDS * 4))
+    fds = _received_fds(ancdata)
+    try:
+        head += _recv_exact(conn, HEADER.size - len(head)) if len(head) < HEADER.size else b""
+        magic, op, env_len, stdin_len = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise ProtocolError(f"bad magic {magic!r}")
+        if env_len > MAX_ENV or stdin_len > MAX_STDIN + 1:
+            raise ProtocolError(f"request too large (env {env_len}, stdin {stdin_len} bytes)")
+        env_raw = _recv_exact(conn, env_len)
+        stdin = _recv_exact(conn, stdin_len)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    for extra in fds[1:]:
+        os.close(extra)
+    env = {}
+    for item in env_raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep and key.startswith(b"CNI_"):
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return op, env, stdin, (fds[0] if fds else None)
+
+
+def encode_reply(status: int, payload: bytes) -> bytes:
+    return bytes([status]) + len(payload).to_bytes(4, "big") + payload
+
+
+class CniServer:
+    """Serves the fast-path socket. start() returns once the socket accepts connections."""
+
+    def __init__(self, socket_path: str, handlers: dict, status_provider: Optional[StatusProvider] = None,
+                 workers: int = 8):
+        self.socket_path = socket_path
+        self.handlers = handlers
+        self.status_provider = status_provider
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni-worker")
+        self._containers = _KeyedLocks()
+        self._listener: Optional[socket.socket] = None
+        self._acceptor: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.socket_path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        # Bind under a temporary name and rename: the path appears only once it listens,
+        # and a stale socket from a crashed daemon is replaced in one step.
+        staging = f"{self.socket_path}.{os.getpid()}.tmp"
+        if os.path.lexists(staging):
+            os.unlink(staging)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(staging)
+            os.chmod(staging, 0o600)
+            listener.listen(128)
+            os.rename(staging, self.socket_path)
+        except BaseException:
+            listener.close()
+            if os.path.lexists(staging):
+                os.unlink(staging)
+            raise
+        self._inode = os.stat(self.socket_path).st_ino
+        self._listener = listener
+        self._acceptor = threading.Thread(target=self._accept_loop, name="cni-accept", daemon=True)
+        self._acceptor.start()
+        log.info("CNI fast path listening on %s", self.socket_path)
+
+    def stop(self) -> None:
+        """Stop accepting, let running requests finish, remove the socket if still ours."""
+        self._stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+            except OSError:
+                pass
+            if self._acceptor is not None:
+                self._acceptor.join(timeout=5)
+            self._listener.close()
+            self._listener = None
+            try:
+                if os.stat(self.socket_path).st_ino == self._inode:
+                    os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "CniServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ serving
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("accept failed")
+                continue
+            try:
+                self._pool.submit(self._serve, conn)
+            except RuntimeError:  # pool shut down under us
+                conn.close()
+                return
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                uid = peer_uid(conn)
+                if uid not in (0, os.geteuid()):
+                    log.warning("refusing a CNI request from uid %d: only root may use the fast path", uid)
+                    self._send(conn, encode_reply(REFUSED, b""))
+                    return
+                conn.settimeout(READ_TIMEOUT)
+                op, env, stdin, fd = read_request(conn)
+            except (OSError, ProtocolError, struct.error) as e:
+                log.warning("dropping a CNI connection: %s", e)
+                return
+            try:
+                reply = self._handle(op, env, stdin, fd)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            self._send(conn, reply)
+
+    def _handle(self, op: bytes, env: dict[str, str], stdin: bytes, fd: Optional[int]) -> bytes:
+        if op == OP_STATUS:
+            return self._status_reply()
+        if op != OP_CNI:
+            return encode_reply(1, _error_json(4, f"unknown fast-path operation {op!r}"))
+        with self._containers.hold(env.get("CNI_CONTAINERID", "")):
+            status, out = dispatch.run(self.handlers, env, stdin, fd)
+        return encode_reply(status, out)
+
+    def _status_reply(self) -> bytes:
+        if self.status_provider is None:
+            return encode_reply(1, _error_json(50, "this CNI server runs without a node daemon: no lease status"))
+        try:
+            report = self.status_provider()
+        except Exception as e:
+            log.exception("status provider failed")
+            return encode_reply(1, _error_json(999, f"status failed: {type(e).__name__}: {e}"))
+        return encode_reply(0, json.dumps(report, default=str).encode() + b"\n")
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> None:
+        try:
+            conn.sendall(data, socket.MSG_NOSIGNAL)
+        except OSError as e:  # the client was killed; what it asked for is done all the same
+            log.info("client gone before the reply: %s", e)
+
+
+def _error_json(code: int, msg: str) -> bytes:
+    return json.dumps({"cniVersion": dispatch.LATEST, "code": code, "msg": msg}).encode() + b"\n"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Standalone server for tests and benchmarks: the plugin's handlers, no etcd."""
+    parser = argparse.ArgumentParser(prog="python -m daemon.cni_server", description=main.__doc__)
+    parser.add_argument("--socket", required=True, help="unix socket path to serve")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from cni_plugin.handlers import HANDLERS
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = CniServer(args.socket, HANDLERS, workers=args.workers)
+    server.start()
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
