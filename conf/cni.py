@@ -22,7 +22,7 @@ from conf.errors import (
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
-CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # \Z: "$" would accept a trailing newline
 NETWORK_NAME_RE = CONTAINER_ID_RE
 MAX_STDIN = 1 << 20  # 1 MiB: no real network config comes close
 

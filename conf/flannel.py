@@ -267,13 +267,19 @@ def parse_subnet_env(text: str, where: str = "subnet.env") -> SubnetEnv:
         if not sep:
             raise InvalidConfigError(f"{where}: line {line[:60]!r} is not KEY=VALUE")
         values[key.strip()] = value.strip().strip('"')
-    try:
-        networks = [IPv4Net(n) for n in filter(None, values.get("FLANNEL_NETWORK", "").split(","))]
-        v6nets = [IPv6Net(n) for n in filter(None, values.get("FLANNEL_IPV6_NETWORK", "").split(","))]
-        subnet = ipaddress.IPv4Interface(values["FLANNEL_SUBNET"]) if values.get("FLANNEL_SUBNET") else None
-        v6sub = ipaddress.IPv6Interface(values["FLANNEL_IPV6_SUBNET"]) if values.get("FLANNEL_IPV6_SUBNET") else None
-    except ValueError as e:
-        raise InvalidConfigError(f"{where}: {e}") from None
+    def parsed(key: str, kind: Any) -> Any:
+        try:
+            return kind(values[key]) if values.get(key) else None
+        except ValueError as e:
+            raise InvalidConfigError(f"{where}: {key}={values[key]!r} is invalid: {e}") from None
+
+    def parsed_list(key: str, kind: Any) -> list:
+        return [parsed(key, lambda _v, n=n: kind(n)) for n in filter(None, values.get(key, "").split(","))]
+
+    networks = parsed_list("FLANNEL_NETWORK", IPv4Net)
+    v6nets = parsed_list("FLANNEL_IPV6_NETWORK", IPv6Net)
+    subnet = parsed("FLANNEL_SUBNET", ipaddress.IPv4Interface)
+    v6sub = parsed("FLANNEL_IPV6_SUBNET", ipaddress.IPv6Interface)
     if not networks and not v6nets:
         raise InvalidConfigError(f"{where} is missing FLANNEL_NETWORK")
     if subnet is None and v6sub is None:
