@@ -1,0 +1,223 @@
+"""This node's subnet lease: acquire, renew, take back; flanneld's rules, without its exits.
+
+Acquire (flannel's tryAcquireLease, up to 10 rounds against racing nodes):
+  1. a lease already held by our public IP, if it still fits the config -> reuse it;
+  2. else the subnet of an existing subnet.env, if nobody holds it -> take it again;
+  3. else a random pick among the first 100 free subnets in [SubnetMin, SubnetMax];
+created by a transaction that succeeds only while the key is absent, on a TTL lease.
+Renew = fresh TTL lease + put, guarded by a compare so we never overwrite another node.
+Revoked or expired -> take the same subnet back; if another node holds it, LeaseLostError.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from typing import Callable, Optional
+
+from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
+from daemon.registry import KeyValue, Registry, RegistryError
+
+log = logging.getLogger("flanneletted.leases")
+
+RACE_RETRIES = 10
+RANDOM_POOL = 100
+
+
+class LeaseError(Exception):
+    """The lease cannot be obtained or kept; str() is the line for the user."""
+
+
+class LeaseLostError(LeaseError):
+    """Our subnet now belongs to another node: pod addresses here would be wrong."""
+
+
+def parse_leases(kvs: list[KeyValue]) -> list[Lease]:
+    out = []
+    for kv in kvs:
+        try:
+            out.append(load_lease(kv.key, kv.value))
+        except ValueError as e:
+            log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
+    return out
+
+
+def fits_config(lease: Lease, config: NetworkConfig) -> bool:
+    """flannel's isSubnetConfigCompat: right length, inside [Min, Max], v6 part iff IPv6."""
+    if config.enable_ipv4 and not config.subnet_usable(lease.subnet):
+        return False
+    if config.enable_ipv6:
+        v6 = lease.ipv6_subnet
+        return (v6 is not None and v6.prefixlen == config.ipv6_subnet_len
+                and config.ipv6_subnet_min <= v6.network_address <= config.ipv6_subnet_max)
+    return lease.ipv6_subnet is None
+
+
+def _free(candidates, taken) -> list:
+    out = []
+    for net in candidates:
+        if not any(net.overlaps(t) for t in taken):
+            out.append(net)
+            if len(out) == RANDOM_POOL:
+                break
+    return out
+
+
+def _v6_candidates(config: NetworkConfig):
+    size = 1 << (128 - config.ipv6_subnet_len)
+    addr, end = int(config.ipv6_subnet_min), int(config.ipv6_subnet_max)
+    while addr <= end:  # lazy: an IPv6 range can hold 2**64 subnets
+        yield ipaddress.IPv6Network((addr, config.ipv6_subnet_len))
+        addr += size
+
+
+def pick_free_subnet(config: NetworkConfig, leases: list[Lease], rng: random.Random) -> Lease:
+    """A random subnet (pair) among the first free ones; only subnets, attrs filled later."""
+    v4 = _free(config.subnets(), [lease.subnet for lease in leases])
+    if not v4:
+        raise LeaseError(f"out of subnets: all of {config.subnet_min}..{config.subnet_max} "
+                         f"/{config.subnet_len} are leased")
+    v6 = None
+    if config.enable_ipv6:
+        pool = _free(_v6_candidates(config), [x.ipv6_subnet for x in leases if x.ipv6_subnet])
+        if not pool:
+            raise LeaseError("out of IPv6 subnets")
+        v6 = rng.choice(pool)
+    return Lease(subnet=rng.choice(v4), ipv6_subnet=v6,
+                 attrs=LeaseAttrs(PublicIP="0.0.0.0"))
+
+
+def previous_subnet(config: NetworkConfig, env: Optional[SubnetEnv], leases: list[Lease]) -> Optional[Lease]:
+    """The subnet recorded in an old subnet.env, if it fits and nobody holds it."""
+    if env is None or env.subnet is None:
+        return None
+    v6 = env.ipv6_subnet.network if env.ipv6_subnet else None
+    candidate = Lease(subnet=env.subnet.network, ipv6_subnet=v6, attrs=LeaseAttrs(PublicIP="0.0.0.0"))
+    if not fits_config(candidate, config):
+        return None
+    for held in leases:
+        if held.subnet.overlaps(candidate.subnet) or (
+                v6 is not None and held.ipv6_subnet is not None and held.ipv6_subnet.overlaps(v6)):
+            return None
+    return candidate
+
+
+class LeaseManager:
+    """Holds this node's lease in etcd for as long as the daemon runs."""
+
+    def __init__(self, registry: Registry, config: NetworkConfig, ttl: int, margin: int,
+                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time):
+        if not config.enable_ipv4:
+            raise LeaseError("IPv6-only networks (EnableIPv4 false) are not supported")
+        self.registry, self.config = registry, config
+        self.ttl, self.margin = ttl, margin
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.own: Optional[Lease] = None
+        self.lease_id = 0
+        self.renew_at = 0.0
+        self._value = ""
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ acquire
+
+    def acquire(self, attrs: LeaseAttrs, previous: Optional[SubnetEnv] = None) -> Lease:
+        self._value = attrs.dump_json()
+        for _ in range(RACE_RETRIES):
+            lease = self._try_acquire(attrs, previous)
+            if lease is not None:
+                return lease
+        raise LeaseError(f"max retries ({RACE_RETRIES}) reached trying to acquire a subnet")
+
+    def _try_acquire(self, attrs: LeaseAttrs, previous: Optional[SubnetEnv]) -> Optional[Lease]:
+        _, kvs = self.registry.list_leases()
+        leases = parse_leases(kvs)
+        mine = [x for x in leases if x.attrs.public_ip == attrs.public_ip]
+        for lease in mine:
+            if fits_config(lease, self.config):
+                raw = next(kv.value for kv in kvs if kv.key == lease.key)
+                lease_id, _ = self.registry.renew_lease(lease.key, raw.decode(), self._value, self.ttl)
+                if lease_id is None:
+                    return None  # changed under us: start over
+                log.info("reusing lease subnet=%s public_ip=%s", lease.key, attrs.public_ip)
+                return self._held(lease.key, lease_id)
+            log.info("deleting lease that no longer fits the config subnet=%s", lease.key)
+            self.registry.delete_lease(lease.key)
+        leases = [x for x in leases if x.attrs.public_ip != attrs.public_ip]
+        candidate = previous_subnet(self.config, previous, leases)
+        source = "subnet.env"
+        if candidate is None:
+            candidate, source = pick_free_subnet(self.config, leases, self.rng), "random"
+        key = make_subnet_key(candidate.subnet, candidate.ipv6_subnet)
+        lease_id = self.registry.create_lease(key, self._value, self.ttl)
+        if lease_id is None:
+            log.info("lost a race for subnet=%s, retrying", key)
+            return None
+        log.info("acquired lease subnet=%s from=%s public_ip=%s", key, source, attrs.public_ip)
+        return self._held(key, lease_id)
+
+    def _held(self, key: str, lease_id: int) -> Lease:
+        with self._lock:
+            self.lease_id = lease_id
+            now = self.clock()
+            self.own = load_lease(key, self._value, now + self.ttl)
+            self.renew_at = now + (self.ttl - self.margin if self.ttl > self.margin else self.ttl / 2)
+            return self.own
+
+    # ------------------------------------------------------------ keep
+
+    def renew_delay(self) -> float:
+        """Seconds until renewal: expiry - margin (half the TTL when the TTL is shorter)."""
+        return max(0.0, self.renew_at - self.clock()) if self.own is not None else 0.0
+
+    def renew(self) -> Lease:
+        """New TTL lease + put; takes the subnet back if it vanished meanwhile."""
+        assert self.own is not None
+        key, old_id = self.own.key, self.lease_id
+        lease_id, current = self.registry.renew_lease(key, self._value, self._value, self.ttl)
+        if lease_id is None:
+            return self._recover(current)
+        log.info("renewed lease subnet=%s ttl=%d", key, self.ttl)
+        self.registry.revoke(old_id)  # the old grant would only expire later; keep etcd tidy
+        return self._held(key, lease_id)
+
+    def ensure_held(self) -> Lease:
+        """Check our key after a watch event about it; take it back if it is gone."""
+        assert self.own is not None
+        current = self.registry.get_lease(self.own.key)
+        if current is not None and current.decode() == self._value:
+            return self.own
+        return self._recover(current)
+
+    def _recover(self, current: Optional[bytes]) -> Lease:
+        key = self.own.key
+        if current is not None:
+            holder = _public_ip_of(current)
+            if holder != self.own.attrs.public_ip:
+                raise LeaseLostError(
+                    f"subnet {key} is now leased to {holder or 'another node'}; pods on this "
+                    "node would have wrong addresses, stopping (restart to get a new subnet)")
+            lease_id, current = self.registry.renew_lease(key, current.decode(), self._value, self.ttl)
+            if lease_id is not None:
+                return self._held(key, lease_id)
+            if current is not None:
+                raise LeaseLostError(f"subnet {key} keeps changing under us; stopping")
+        log.warning("lease revoked or expired, taking it back subnet=%s", key)
+        lease_id = self.registry.create_lease(key, self._value, self.ttl)
+        if lease_id is None:
+            return self._recover(self.registry.get_lease(key) or b"{}")
+        log.info("took lease back subnet=%s", key)
+        return self._held(key, lease_id)
+
+
+def _public_ip_of(value: bytes) -> Optional[ipaddress.IPv4Address]:
+    try:
+        return LeaseAttrs.model_validate_json(value).public_ip
+    except ValueError:
+        return None
+
+
+__all__ = ["LeaseManager", "LeaseError", "LeaseLostError", "RegistryError", "fits_config",
+           "parse_leases", "pick_free_subnet", "previous_subnet"]

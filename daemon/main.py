@@ -1,0 +1,337 @@
+"""flanneletted: hold this node's subnet lease in etcd and keep the data plane in line.
+
+Phases, in flanneld's order: settings -> health server -> etcd -> network config
+(waits while absent) -> interface -> backend prepare -> lease -> backend configure ->
+masquerade -> subnet.env (ready) -> watch + reconcile -> CNI fast path -> keep the lease.
+One shutdown path (SIGTERM/SIGINT): stop our threads and leave the data plane and the
+lease as they are, so a restart loses no packet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Optional
+
+from conf.daemon import DaemonSettings
+from conf.errors import CniError
+from conf.flannel import Lease, NetworkConfig, SubnetEnv, load_network_config, load_subnet_env, write_subnet_env
+from daemon.health import HealthServer
+from daemon.leases import LeaseError, LeaseLostError, LeaseManager
+from daemon.logs import setup_logging
+from daemon.metrics import Metrics
+from daemon.reconcile import Reconciler
+from daemon.registry import Registry, RegistryAuthError, RegistryError, RegistryUnavailableError
+from daemon.settings import SettingsError, parse_settings
+from daemon.status import ExpiryCache, build_report
+from daemon.watch import LeaseWatcher
+
+log = logging.getLogger("flanneletted")
+
+CONFIG_RETRY = 1.0  # seconds between reads of a missing network config (flanneld: 1 s)
+
+
+class FatalError(Exception):
+    """Stops the daemon; str() is the one line printed for the operator."""
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT arrived while a startup phase was waiting."""
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.ready = threading.Event()
+        self.stopping = threading.Event()
+        self._wake = threading.Event()  # renew loop: stop, or our key changed in etcd
+        self._own_key_touched = False
+        self.health = HealthServer(str(settings.healthz_ip), settings.healthz_port,
+                                   self.metrics, self.ready)
+        self.registry: Optional[Registry] = None
+        self.config: Optional[NetworkConfig] = None
+        self.backend = None
+        self.leases: Optional[LeaseManager] = None
+        self.watcher: Optional[LeaseWatcher] = None
+        self.reconciler: Optional[Reconciler] = None
+        self.cni_server = None
+        self._kernel_watch = None
+        self._expiry: Optional[ExpiryCache] = None
+
+    # ------------------------------------------------------------ phases
+
+    def run(self) -> int:
+        try:
+            self.start_health()
+            self.registry = Registry(self.settings)
+            self._expiry = ExpiryCache(self.registry)
+            self.connect_etcd()
+            self.config = self.wait_for_config()
+            node = self.select_node()
+            self.backend = self.make_backend(node)
+            attrs = self.backend.prepare()
+            self.leases = LeaseManager(self.registry, self.config, self.settings.lease_ttl,
+                                       self.settings.renew_margin_seconds)
+            own = self._retrying("acquire lease", lambda: self.leases.acquire(attrs, self._old_subnet_env()))
+            self._lease_changed(own)
+            self.backend.configure(own)
+            masquerade = self.setup_masquerade(own)
+            self.write_subnet_env(own)
+            self.start_loops(masquerade)
+            self.start_cni_server()
+            return self.keep_lease()
+        except Stopped:
+            return 0
+        except (RegistryError, LeaseError) as e:
+            raise FatalError(str(e)) from None
+        finally:
+            self.shutdown()
+
+    def start_health(self) -> None:
+        try:
+            self.health.start()
+        except OSError as e:
+            raise FatalError(f"cannot serve /healthz on {self.settings.healthz_ip}:"
+                             f"{self.settings.healthz_port}: {e.strerror}") from None
+
+    def connect_etcd(self) -> None:
+        """Reach etcd within --etcd-dial-timeout, else give up with one line."""
+        deadline = time.monotonic() + self.settings.etcd_dial_timeout
+        endpoints = ",".join(map(str, self.settings.etcd_endpoints))
+        while True:
+            try:
+                self.registry.check()
+                log.info("connected to etcd endpoints=%s", endpoints)
+                return
+            except RegistryAuthError as e:
+                raise FatalError(f"etcd at {endpoints} refused our credentials: {e}") from None
+            except RegistryError as e:
+                if time.monotonic() >= deadline:
+                    raise FatalError(f"cannot reach etcd at {endpoints}: {e}") from None
+            self._sleep(0.5)
+
+    def wait_for_config(self) -> NetworkConfig:
+        key, said = self.registry.config_key, None
+        while True:
+            raw = self._retrying("read network config", self.registry.get_config)
+            if raw is None:
+                news = f"network config not found in etcd, waiting key={key}"
+            else:
+                try:
+                    config = load_network_config(raw)
+                    log.info("network config network=%s backend=%s ipv6=%s", config.network,
+                             config.backend.type, config.ipv6_network)
+                    return config
+                except CniError as e:
+                    news = f"network config is invalid, waiting for a fix key={key} error={e.msg!r}"
+            if news != said:
+                log.warning(news)
+                said = news
+            self._sleep(CONFIG_RETRY)
+
+    def select_node(self):
+        from daemon.dataplane import DataplaneError, discover_node
+        s = self.settings
+        specs = s.iface or [None]
+        public_ip = str(s.public_ip) if s.public_ip else None
+        public_ipv6 = str(s.public_ipv6) if s.public_ipv6 else None
+        errors = []
+        for spec in specs:  # flanneld: the first --iface that exists wins
+            try:
+                node = discover_node(spec, public_ip, public_ipv6)
+                break
+            except DataplaneError as e:
+                errors.append(str(e))
+        else:
+            raise FatalError("; ".join(errors))
+        if self.config.enable_ipv6 and not node.public_ipv6:
+            raise FatalError(f"EnableIPv6 is set but {node.iface} has no global IPv6 address; "
+                             "pass --public-ipv6")
+        log.info("using interface iface=%s public_ip=%s public_ipv6=%s mtu=%d", node.iface,
+                 node.public_ip, node.public_ipv6, node.iface_mtu)
+        return node
+
+    def make_backend(self, node):
+        if self.config.backend.type == "alloc":
+            from daemon.alloc import AllocBackend
+            return AllocBackend(self.config, node)
+        from daemon.dataplane import DataplaneError, make_backend
+        try:
+            return make_backend(self.config, node, self.settings.state_dir)
+        except DataplaneError as e:
+            raise FatalError(str(e)) from None
+
+    def _old_subnet_env(self) -> Optional[SubnetEnv]:
+        try:
+            return load_subnet_env(self.settings.subnet_file)
+        except CniError:
+            return None
+
+    def setup_masquerade(self, own: Lease):
+        if not self.settings.ip_masq:
+            return None
+        from daemon.masquerade import Masquerade
+        masq = Masquerade(self.config, own)
+        masq.ensure()
+        log.info("masquerade rules installed")
+        return masq
+
+    def write_subnet_env(self, own: Lease) -> None:
+        c = self.config
+        env = SubnetEnv(
+            networks=[c.network] if c.enable_ipv4 else [],
+            subnet=f"{own.subnet.network_address + 1}/{own.subnet.prefixlen}",
+            ipv6_networks=[c.ipv6_network] if c.enable_ipv6 else [],
+            ipv6_subnet=(f"{own.ipv6_subnet.network_address + 1}/{own.ipv6_subnet.prefixlen}"
+                         if own.ipv6_subnet else None),
+            mtu=self.backend.mtu, ipmasq=self.settings.ip_masq)
+        write_subnet_env(self.settings.subnet_file, env)
+        self.ready.set()
+        self.metrics.set("ready", 1)
+        log.info("wrote subnet.env path=%s subnet=%s mtu=%d", self.settings.subnet_file,
+                 env.subnet, env.mtu)
+
+    def start_loops(self, masquerade) -> None:
+        self.reconciler = Reconciler(self.backend, lambda: self.leases.own, self._peers,
+                                     self.metrics, self.settings.reconcile_interval, masquerade)
+        self.watcher = LeaseWatcher(self.registry, self.metrics,
+                                    on_change=lambda: self.reconciler.trigger("etcd"),
+                                    own_key=lambda: self.leases.own.key if self.leases.own else None,
+                                    on_own_key=self._on_own_key)
+        self.reconciler.start()
+        self.watcher.start()
+        self._kernel_watch = self.backend.watch_kernel(lambda: self.reconciler.trigger("kernel"))
+
+    def _peers(self) -> list[Lease]:
+        return [k.lease for k in self.watcher.leases()]
+
+    def start_cni_server(self) -> None:
+        path = self.settings.cni_socket
+        if not path:
+            return
+        from cni_plugin.handlers import HANDLERS
+        from daemon.cni_server import CniServer
+        self.cni_server = CniServer(path, HANDLERS, status_provider=self.status_report)
+        self.cni_server.start()
+        log.info("serving the CNI fast path socket=%s", path)
+
+    def status_report(self) -> dict:
+        watcher = self.watcher
+        return build_report(self.config, self.leases.own if self.leases else None,
+                            watcher.leases() if watcher else [], self.backend.programmed,
+                            self._expiry, self.ready.is_set(),
+                            bool(watcher and watcher.connected), watcher.revision if watcher else 0)
+
+    # ------------------------------------------------------------ the lease, for as long as we run
+
+    def keep_lease(self) -> int:
+        retry_at: Optional[float] = None
+        while True:
+            delay = self.leases.renew_delay() if retry_at is None else max(0.0, retry_at - time.time())
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self.stopping.is_set():
+                return 0
+            touched, self._own_key_touched = self._own_key_touched, False
+            if not touched and retry_at is None and self.leases.renew_delay() > 0.01:
+                continue
+            old_id = self.leases.lease_id
+            try:
+                if touched:
+                    own = self.leases.ensure_held()
+                    if self.leases.lease_id != old_id:
+                        self.metrics.inc("lease_takebacks_total")
+                else:
+                    own = self.leases.renew()
+                    self.metrics.inc("lease_renewals_total")
+                retry_at = None
+                self._lease_changed(own)
+            except LeaseLostError as e:
+                raise FatalError(str(e)) from None
+            except RegistryError as e:
+                self._own_key_touched |= touched
+                wait = min(60.0, self.settings.lease_ttl / 10)
+                log.warning("cannot renew the lease yet, retrying seconds=%.0f error=%s", wait, e)
+                self.metrics.inc("errors_total", where="lease")
+                retry_at = time.time() + wait
+
+    def _on_own_key(self) -> None:
+        self._own_key_touched = True
+        self._wake.set()
+
+    def _lease_changed(self, own: Lease) -> None:
+        self.metrics.set("lease_expiration_timestamp_seconds", own.expiration)
+        if self.reconciler is not None:
+            self.reconciler.trigger("lease")
+
+    # ------------------------------------------------------------ plumbing
+
+    def _retrying(self, what: str, fn: Callable):
+        """Run fn, riding out etcd outages with backoff; other errors go up."""
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except RegistryAuthError as e:
+                raise FatalError(f"etcd refused {what}: {e}") from None
+            except RegistryUnavailableError as e:
+                log.warning("etcd unavailable, retrying what=%r seconds=%.1f error=%s", what, delay, e)
+                self.metrics.inc("etcd_reconnects_total")
+                self.registry.reset()
+            except LeaseError as e:
+                raise FatalError(str(e)) from None
+            self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _sleep(self, seconds: float) -> None:
+        if self.stopping.wait(seconds):
+            raise Stopped()
+
+    def stop(self, *_signal) -> None:
+        self.stopping.set()
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        """Stop our threads; the data plane, subnet.env and the lease stay as they are."""
+        for name, stop in (("cni server", self.cni_server and self.cni_server.stop),
+                           ("kernel watch", getattr(self._kernel_watch, "stop", None)),
+                           ("watcher", self.watcher and self.watcher.stop),
+                           ("reconciler", self.reconciler and self.reconciler.stop),
+                           ("health", self.health.stop),
+                           ("etcd", self.registry and self.registry.close)):
+            if stop:
+                try:
+                    stop()
+                except Exception:
+                    log.exception("stopping %s failed", name)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as e:
+        print(f"flanneletted: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.v)
+    daemon = Daemon(settings)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    try:
+        code = daemon.run()
+    except FatalError as e:
+        print(f"flanneletted: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: the traceback goes to the log, one line to the operator
+        log.exception("unexpected error")
+        print(f"flanneletted: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    log.info("stopped; data plane and lease left in place")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

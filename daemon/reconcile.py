@@ -1,0 +1,128 @@
+"""The level-triggered loop that keeps the kernel in line with etcd.
+
+Any trigger (a batch of etcd events, a netlink event on our device, the periodic tick)
+only wakes the loop; each run hands the backend every peer lease and lets it compute
+the whole wanted state and apply the difference. Triggers that arrive during a run
+coalesce into one more run, so a burst of 5000 lease events costs a handful of runs.
+The tick also re-checks the masquerade rules, as flanneld's iptables resync does.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from conf.flannel import Lease
+from daemon.metrics import Metrics
+
+log = logging.getLogger("flanneletted.reconcile")
+
+MIN_GAP = 0.05  # seconds between runs: our own netlink changes echo back as events
+
+
+class Reconciler:
+    """Runs backend.reconcile(own, peers) on a dedicated thread, one run at a time."""
+
+    def __init__(self, backend, own: Callable[[], Optional[Lease]],
+                 peers: Callable[[], list[Lease]], metrics: Metrics, interval: float,
+                 masquerade=None):
+        self.backend, self.own, self.peers = backend, own, peers
+        self.metrics, self.interval, self.masquerade = metrics, interval, masquerade
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._reasons: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self.runs = 0
+        self.last_error: Optional[str] = None
+
+    def trigger(self, reason: str) -> None:
+        with self._lock:
+            self._reasons.add(reason)
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            with self._lock:
+                reasons, self._reasons = self._reasons, set()
+            if not reasons:
+                reasons = {"tick"}
+                next_tick = time.monotonic() + self.interval
+                self._check_masquerade()
+            self.run_once("+".join(sorted(reasons)))
+            self._stop.wait(MIN_GAP)
+
+    def run_once(self, reason: str = "manual"):
+        """One full reconcile; errors are logged and counted, the next trigger retries."""
+        own = self.own()
+        if own is None:
+            return None
+        peers = [p for p in self.peers() if p.subnet != own.subnet]
+        started = time.monotonic()
+        try:
+            stats = self.backend.reconcile(own, peers)
+        except Exception as e:
+            self.last_error = f"{type(e).__name__}: {e}"
+            self.metrics.inc("errors_total", where="reconcile")
+            log.exception("reconcile failed trigger=%s", reason)
+            return None
+        elapsed = time.monotonic() - started
+        self.runs += 1
+        self.last_error = None
+        self.metrics.inc("reconcile_runs_total", trigger=_trigger_label(reason))
+        self.metrics.observe("reconcile_duration_seconds", elapsed)
+        self._record(stats)
+        changes = _changes(stats)
+        level = logging.INFO if changes else logging.DEBUG
+        log.log(level, "reconciled trigger=%s peers=%d changes=%d seconds=%.3f",
+                reason, len(peers), changes, elapsed)
+        return stats
+
+    def _record(self, stats) -> None:
+        """daemon.dataplane.ReconcileStats -> metrics."""
+        self.metrics.set("kernel_objects_programmed", max(0, stats.wanted - stats.errors))
+        self.metrics.set("refused_peers", stats.refused)
+        if _changes(stats):
+            self.metrics.inc("kernel_changes_total", _changes(stats))
+        if stats.errors:
+            self.metrics.inc("errors_total", stats.errors, where="kernel")
+        for device in stats.recreated:
+            self.metrics.inc("devices_recreated_total", device=device)
+            log.warning("recreated vanished device device=%s", device)
+
+    def _check_masquerade(self) -> None:
+        if self.masquerade is None:
+            return
+        try:
+            if not self.masquerade.check():
+                log.warning("masquerade rules missing, re-installing them")
+                self.masquerade.ensure()
+                self.metrics.inc("masquerade_repairs_total")
+        except Exception:
+            self.metrics.inc("errors_total", where="masquerade")
+            log.exception("masquerade check failed")
+
+
+def _changes(stats) -> int:
+    return stats.set + stats.removed
+
+
+def _trigger_label(reason: str) -> str:
+    """Keep the label set small: the first trigger name of a coalesced run."""
+    return reason.split("+", 1)[0]

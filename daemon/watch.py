@@ -1,0 +1,181 @@
+"""Every node's lease, kept current from etcd: list once, then watch from that revision.
+
+The watch resumes from the last revision seen after any break (etcd restarted, network
+gone), with backoff 0.1 s -> 5 s, so no event is missed; when etcd has compacted that
+revision away, the watcher lists again and diffs the new snapshot against what it knew
+(flannel's LeaseWatcher.Reset). While etcd is unreachable the known set simply stays as
+it is, and so does the data plane built from it.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from conf.flannel import Lease, load_lease
+from daemon.metrics import Metrics
+from daemon.registry import (CompactedError, KeyValue, Registry, RegistryError,
+                             RegistryUnavailableError, WatchBatch)
+
+log = logging.getLogger("flanneletted.watch")
+
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class KnownLease:
+    lease: Lease
+    lease_id: int  # 0: a reservation without TTL
+
+
+class LeaseWatcher:
+    """Thread that mirrors `<prefix>/subnets/` into memory and reports changes.
+
+    on_change(): the set of leases changed (called from the watcher thread).
+    on_own_key(): our own key was deleted or rewritten by someone (the lease manager checks).
+    """
+
+    def __init__(self, registry: Registry, metrics: Metrics, on_change: Callable[[], None],
+                 own_key: Callable[[], Optional[str]] = lambda: None,
+                 on_own_key: Callable[[], None] = lambda: None):
+        self.registry, self.metrics = registry, metrics
+        self.on_change, self.own_key, self.on_own_key = on_change, own_key, on_own_key
+        self.revision = 0
+        self.connected = False
+        self._known: dict[str, KnownLease] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._events: queue.Queue = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+
+    # ------------------------------------------------------------ reading
+
+    def leases(self) -> list[KnownLease]:
+        with self._lock:
+            return list(self._known.values())
+
+    # ------------------------------------------------------------ applying changes
+
+    def load_snapshot(self, revision: int, kvs: list[KeyValue]) -> bool:
+        """Replace the known set by a full listing; True if anything changed."""
+        fresh = {}
+        for kv in kvs:
+            known = self._parse(kv)
+            if known is not None:
+                fresh[kv.key] = known
+        with self._lock:
+            changed = fresh != self._known
+            own = self.own_key()
+            own_changed = own is not None and fresh.get(own) != self._known.get(own)
+            self._known, self.revision = fresh, revision
+        self._publish(changed, own_changed)
+        return changed
+
+    def apply(self, batch: WatchBatch) -> bool:
+        """Apply one watch response; True if anything changed."""
+        own = self.own_key()
+        changed = own_touched = False
+        with self._lock:
+            for key in batch.deletes:
+                if self._known.pop(key, None) is not None:
+                    changed = True
+                own_touched |= key == own
+            for kv in batch.puts:
+                known = self._parse(kv)
+                own_touched |= kv.key == own
+                if known is None:
+                    changed |= self._known.pop(kv.key, None) is not None
+                elif self._known.get(kv.key) != known:
+                    self._known[kv.key] = known
+                    changed = True
+            self.revision = max(self.revision, batch.revision)
+        self._publish(changed, own_touched)
+        return changed
+
+    def _parse(self, kv: KeyValue) -> Optional[KnownLease]:
+        try:
+            return KnownLease(load_lease(kv.key, kv.value), kv.lease_id)
+        except ValueError as e:
+            log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
+            return None
+
+    def _publish(self, changed: bool, own_changed: bool) -> None:
+        self.metrics.set("leases_known", len(self._known))
+        if own_changed:
+            self.on_own_key()
+        if changed:
+            self.on_change()
+
+    # ------------------------------------------------------------ the thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lease-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        delay = BACKOFF_MIN
+        need_list = self.revision == 0
+        while not self._stop.is_set():
+            try:
+                if need_list:
+                    self.load_snapshot(*self.registry.list_leases())
+                    need_list = False
+                self._follow()
+                delay = BACKOFF_MIN
+            except CompactedError as e:
+                log.warning("watch lost history, listing again revision=%d compacted=%d",
+                            self.revision, e.compact_revision)
+                need_list = True
+            except RegistryError as e:
+                self._disconnected(e)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, BACKOFF_MAX)
+            except Exception:  # a bug must not kill the watch: log it, count it, go on
+                log.exception("lease watch failed")
+                self.metrics.inc("errors_total", where="watch")
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    def _disconnected(self, e: RegistryError) -> None:
+        if self.connected:
+            log.warning("etcd watch broke, keeping the data plane as it is error=%s", e)
+        self.connected = False
+        self.metrics.set("etcd_connected", 0)
+        self.metrics.inc("etcd_reconnects_total")
+        self.registry.reset()
+
+    def _follow(self) -> None:
+        """Watch from revision+1 until the stream breaks (raises) or we are stopped."""
+        events: queue.Queue = queue.Queue()
+        self._events = events
+        cancel = self.registry.watch_leases(self.revision + 1, events.put)
+        if not self.connected:
+            log.info("watching leases start_revision=%d", self.revision + 1)
+        self.connected = True
+        self.metrics.set("etcd_connected", 1)
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = events.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    return
+                if item is None:  # the stream ended without saying why
+                    raise RegistryUnavailableError("watch stream closed")
+                if isinstance(item, BaseException):
+                    raise item
+                self.apply(item)
+        finally:
+            cancel()
