@@ -1,0 +1,1 @@
+"""Data plane backends: vxlan (with DirectRouting) and host-gw."""

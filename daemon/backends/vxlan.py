@@ -1,0 +1,218 @@
+"""vxlan backend: pod traffic between nodes in VXLAN over the uplink.
+
+How it works. The node owns one VXLAN device per address family, `flannel.<VNI>`
+(IPv4) and `flannel-v6.<VNI>` (IPv6): `nolearning`, local = the uplink's address,
+dstport 8472 unless `Backend.Port` says otherwise, MTU = uplink MTU - 50, and the
+lease subnet's network address as a /32 (/128) - the source of host-to-pod
+traffic. Its MAC is set at creation, kept in `<state_dir>/<device>.mac` and
+otherwise derived from the public IP, so it survives restarts and reboots and
+peers never hold a stale VtepMAC. Per remote lease the planner asks for:
+
+    neigh  <peer .0> lladdr <VtepMAC> dev flannel.1 nud permanent
+    fdb    <VtepMAC> dev flannel.1 dst <PublicIP> self permanent
+    route  <peer subnet> via <peer .0> dev flannel.1 onlink
+
+With `DirectRouting`, a peer whose PublicIP is on our L2 segment gets
+`route <peer subnet> via <PublicIP> dev <uplink>` instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs
+from daemon import kernel
+from daemon.dataplane import Backend, DataplaneError
+from daemon.planner import VXLAN, Topology
+
+log = logging.getLogger(__name__)
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+@dataclass(frozen=True)
+class VtepSpec:
+    name: str
+    family: int
+    vni: int
+    local: str
+    link: int
+    port: int
+    learning: bool
+    gbp: bool
+    mtu: int
+
+
+class VxlanBackend(Backend):
+    kind = VXLAN
+
+    def __init__(self, netconf, node, state_dir):
+        super().__init__(netconf, node, state_dir)
+        cfg = netconf.backend
+        self.mtu = cfg.mtu or node.iface_mtu - VXLAN_OVERHEAD
+        self.specs: list[VtepSpec] = []
+        if netconf.enable_ipv4:
+            if not node.iface_ip:
+                raise DataplaneError(f"vxlan needs an IPv4 address on {node.iface}")
+            self.specs.append(VtepSpec(f"flannel.{cfg.vni}", socket.AF_INET, cfg.vni,
+                                       node.iface_ip, node.iface_index, cfg.udp_port,
+                                       cfg.learning, cfg.gbp, self.mtu))
+        if netconf.enable_ipv6:
+            if not node.iface_ipv6:
+                raise DataplaneError(f"vxlan with EnableIPv6 needs an IPv6 address on {node.iface}")
+            self.specs.append(VtepSpec(f"flannel-v6.{cfg.vni}", socket.AF_INET6, cfg.vni,
+                                       node.iface_ipv6, node.iface_index, cfg.udp_port,
+                                       cfg.learning, cfg.gbp, self.mtu))
+        self.macs = {s.name: self._stable_mac(s.name) for s in self.specs}
+        self._own: Optional[Lease] = None
+
+    # -------------------------------------------------- lease attrs and devices
+    def prepare(self) -> LeaseAttrs:
+        self._ensure_devices(None)
+        data = {s.family: {"VNI": s.vni, "VtepMAC": self.macs[s.name]} for s in self.specs}
+        return LeaseAttrs(public_ip=self.node.public_ip, public_ipv6=self.node.public_ipv6,
+                          backend_type=VXLAN, backend_data=data.get(socket.AF_INET),
+                          backend_v6_data=data.get(socket.AF_INET6))
+
+    def configure(self, own: Lease) -> None:
+        self._own = own
+        self._ensure_devices(own)
+
+    def _topology(self) -> Topology:
+        names = {s.family: s.name for s in self.specs}
+        return Topology(VXLAN, self.node.iface, vtep4=names.get(socket.AF_INET, ""),
+                        vtep6=names.get(socket.AF_INET6, ""),
+                        ipv4=socket.AF_INET in names, ipv6=socket.AF_INET6 in names,
+                        direct_routing=self.netconf.backend.direct_routing)
+
+    def _ensure_devices(self, own):
+        from pyroute2 import IPRoute
+
+        own = own or self._own
+        by_name = {self.node.iface: self.node.iface_index}
+        recreated = []
+        with IPRoute(groups=0) as ipr:
+            for spec in self.specs:
+                index, why = ensure_vtep(ipr, spec, self.macs[spec.name])
+                if why:
+                    recreated.append(spec.name)
+                by_name[spec.name] = index
+                if own is not None:
+                    subnet = own.subnet if spec.family == socket.AF_INET else own.ipv6_subnet
+                    network = (self.netconf.network if spec.family == socket.AF_INET
+                               else self.netconf.ipv6_network)
+                    if subnet is not None:
+                        ensure_address(ipr, index, spec.family, subnet.network_address, network)
+                ensure_up(ipr, index, self.macs[spec.name])
+        devs = kernel.Devices(by_name, frozenset(s.name for s in self.specs), self.node.iface,
+                              self.networks)
+        return devs, recreated
+
+    def _stable_mac(self, dev: str) -> str:
+        """The VTEP MAC: the one stored for `dev`, else derived from our public IP."""
+        path = os.path.join(self.state_dir, f"{dev}.mac") if self.state_dir else ""
+        if path and os.path.exists(path):
+            stored = open(path, encoding="ascii").read().strip().lower()
+            if _MAC_RE.match(stored):
+                return stored
+            log.warning("%s holds %r, not a MAC; deriving a new one", path, stored)
+        raw = bytearray(hashlib.sha256(f"flannelette/{dev}/{self.node.public_ip}".encode()).digest()[:6])
+        raw[0] = (raw[0] & 0xFE) | 0x02  # unicast, locally administered
+        mac = raw.hex(":")
+        if path:
+            os.makedirs(self.state_dir, exist_ok=True)
+            from conf.flannel import write_atomic
+            write_atomic(path, (mac + "\n").encode(), 0o644)
+        return mac
+
+
+# ---------------------------------------------------------------- device helpers (pyroute2)
+
+
+def vtep_mismatch(link, spec: VtepSpec) -> str:
+    """Why an existing link cannot serve as `spec`; "" when it can (flannel's check)."""
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    if kind != "vxlan":
+        return f"it is a {kind or 'non-vxlan'} device"
+    data = info.get_attr("IFLA_INFO_DATA")
+    local = data.get_attr("IFLA_VXLAN_LOCAL" if spec.family == socket.AF_INET else "IFLA_VXLAN_LOCAL6")
+    checks = [("VNI", data.get_attr("IFLA_VXLAN_ID"), spec.vni),
+              ("local address", _norm_ip(local), _norm_ip(spec.local)),
+              ("underlay device index", data.get_attr("IFLA_VXLAN_LINK"), spec.link),
+              ("UDP port", data.get_attr("IFLA_VXLAN_PORT"), spec.port),
+              ("learning", bool(data.get_attr("IFLA_VXLAN_LEARNING")), spec.learning),
+              ("GBP", data.get_attr("IFLA_VXLAN_GBP") is not None, spec.gbp)]
+    for what, have, want in checks:
+        if have != want:
+            return f"its {what} is {have}, want {want}"
+    return ""
+
+
+def _norm_ip(ip) -> str:
+    return str(ipaddress.ip_address(ip)) if ip else ""
+
+
+def ensure_vtep(ipr, spec: VtepSpec, mac: str) -> tuple[int, str]:
+    """(ifindex, why it was (re)created or "" when an existing device was kept)."""
+    found = ipr.link_lookup(ifname=spec.name)
+    why = "it did not exist"
+    if found:
+        link = ipr.get_links(found[0])[0]
+        why = vtep_mismatch(link, spec)
+        if not why:
+            if link.get("IFLA_MTU") != spec.mtu:
+                ipr.link("set", index=found[0], mtu=spec.mtu)
+            return found[0], ""
+        log.warning("%s exists but %s; recreating it", spec.name, why)
+        ipr.link("del", index=found[0])
+    else:
+        log.info("creating %s (VNI %d, local %s, dstport %d)", spec.name, spec.vni, spec.local,
+                 spec.port)
+    local_key = "vxlan_local" if spec.family == socket.AF_INET else "vxlan_local6"
+    extra = {"vxlan_gbp": True} if spec.gbp else {}
+    ipr.link("add", ifname=spec.name, kind="vxlan", vxlan_id=spec.vni, vxlan_link=spec.link,
+             vxlan_port=spec.port, vxlan_learning=int(spec.learning), address=mac,
+             mtu=spec.mtu, **{local_key: spec.local}, **extra)
+    _sysctl(f"/proc/sys/net/ipv6/conf/{spec.name}/accept_ra", "0")
+    return ipr.link_lookup(ifname=spec.name)[0], why
+
+
+def ensure_address(ipr, index: int, family: int, addr, network) -> None:
+    """Exactly `addr`/32 (/128) among our link's addresses inside `network`."""
+    plen = 32 if family == socket.AF_INET else 128
+    have = False
+    for a in ipr.get_addr(index=index, family=family):
+        ip, p = a.get("IFA_ADDRESS"), a.get("prefixlen")
+        if ipaddress.ip_address(ip) == addr and p == plen:
+            have = True
+        elif network is not None and ipaddress.ip_address(ip) in network:
+            log.info("removing stale address %s/%d from link %d", ip, p, index)
+            ipr.addr("del", index=index, address=ip, prefixlen=p)
+    if not have:
+        ipr.addr("add", index=index, address=str(addr), prefixlen=plen)
+
+
+def ensure_up(ipr, index: int, mac: str) -> None:
+    link = ipr.get_links(index)[0]
+    if not link["flags"] & 1:  # IFF_UP
+        ipr.link("set", index=index, state="up")
+        link = ipr.get_links(index)[0]
+    if link.get("IFLA_ADDRESS") != mac:  # udev MACAddressPolicy may rewrite it (flannel #1795)
+        log.warning("link %d has MAC %s, want %s; setting it back", index,
+                    link.get("IFLA_ADDRESS"), mac)
+        ipr.link("set", index=index, address=mac)
+
+
+def _sysctl(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError:
+        pass  # IPv6 disabled on this node: nothing to turn off

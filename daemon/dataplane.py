@@ -1,0 +1,237 @@
+"""The data plane seen from the daemon: pick the node's interface, build a backend.
+
+A Backend turns the set of leases into kernel objects, level-triggered: each
+`reconcile(own, leases)` recomputes the whole plan (daemon.planner), reads what
+the kernel holds (daemon.kernel) and applies the difference with replace
+semantics, so hand-deleted entries or a deleted VXLAN device come back on the
+next call. `watch_kernel` calls back when someone touches our objects, so the
+daemon does not have to wait for its periodic tick. All work happens in the
+network namespace of the calling process.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from conf.flannel import Lease, LeaseAttrs, NetworkConfig
+from daemon import kernel
+from daemon import netlink as nl
+from daemon.planner import HOST_GW, VXLAN, Plan, Topology, diff, plan
+
+log = logging.getLogger(__name__)
+
+
+class DataplaneError(Exception):
+    """A data plane problem the operator must fix (bad interface, unsupported backend)."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    iface: str
+    iface_index: int
+    public_ip: Optional[str]  # advertised in the lease (may differ from iface_ip behind NAT)
+    public_ipv6: Optional[str] = None
+    iface_mtu: int = 1500
+    iface_ip: Optional[str] = None  # the uplink's own address: the VXLAN source
+    iface_ipv6: Optional[str] = None
+
+
+@dataclass
+class ReconcileStats:
+    wanted: int = 0  # kernel objects the plan asks for
+    unchanged: int = 0
+    set: int = 0  # replaced or created
+    removed: int = 0
+    errors: int = 0
+    refused: int = 0  # leases we cannot program (host-gw peer not on-link, bad VtepMAC, ...)
+    recreated: list[str] = field(default_factory=list)  # devices that had vanished
+    seconds: float = 0.0
+
+
+@dataclass
+class DataplaneMetrics:
+    """Cumulative counters for /metrics."""
+    reconciles: int = 0
+    objects_programmed: int = 0
+    errors: int = 0
+    devices_recreated: int = 0
+    refused_peers: int = 0  # gauge: refused leases in the last reconcile
+    last_reconcile_seconds: float = 0.0
+
+
+class Backend:
+    """Common reconcile machinery; subclasses supply devices and the lease attrs."""
+
+    kind = ""
+
+    def __init__(self, netconf: NetworkConfig, node: NodeInfo, state_dir: str):
+        self.netconf, self.node, self.state_dir = netconf, node, state_dir
+        self.mtu = node.iface_mtu
+        self.metrics = DataplaneMetrics()
+        self._sock = nl.RtnlSocket()  # opened here: it stays in this netns
+        self._lock = threading.Lock()
+        self._wanted: Optional[Plan] = None
+        self._devs: Optional[kernel.Devices] = None
+        self._programmed: dict[str, bool] = {}
+        self._refused_logged: dict[str, str] = {}
+        self.networks = tuple(n for n in (netconf.network if netconf.enable_ipv4 else None,
+                                          netconf.ipv6_network if netconf.enable_ipv6 else None)
+                              if n is not None)
+
+    # -------------------------------------------------- subclass hooks
+    def prepare(self) -> LeaseAttrs:
+        raise NotImplementedError
+
+    def configure(self, own: Lease) -> None:
+        """Give our devices their addresses for `own`; nothing to do by default."""
+
+    def _topology(self) -> Topology:
+        raise NotImplementedError
+
+    def _ensure_devices(self, own: Optional[Lease]) -> tuple[kernel.Devices, list[str]]:
+        """(devices, names recreated because they had vanished or were wrong)."""
+        raise NotImplementedError
+
+    # -------------------------------------------------- the loop body
+    def reconcile(self, own: Optional[Lease], leases: list[Lease]) -> ReconcileStats:
+        start = time.perf_counter()
+        with self._lock:
+            devs, recreated = self._ensure_devices(own)
+            topo = self._topology()
+            connected: set[str] = set()
+            if topo.backend == HOST_GW or topo.direct_routing:
+                connected = kernel.directly_connected(
+                    self._sock, _peer_ips(own, leases, topo), self.node.iface_index)
+            wanted = plan(own, leases, topo, connected)
+            self._wanted, self._devs = wanted, devs  # before applying: the watch compares with it
+            current = kernel.read_state(self._sock, devs, topo.ipv4, topo.ipv6)
+            changes = diff(wanted, current, devs.owned)
+            result = kernel.apply(self._sock, changes, devs)
+            stats = self._account(wanted, changes, result, recreated)
+        stats.seconds = time.perf_counter() - start
+        self.metrics.last_reconcile_seconds = stats.seconds
+        return stats
+
+    def _account(self, wanted: Plan, changes, result: kernel.ApplyResult,
+                 recreated: list[str]) -> ReconcileStats:
+        failed = {obj for obj, _ in result.failed}
+        for obj, err in result.failed[:10]:
+            log.warning("could not program %s: %s", _describe(obj), err)
+        if len(result.failed) > 10:
+            log.warning("... and %d more kernel errors", len(result.failed) - 10)
+        self._programmed = {key: not (failed and any(o in failed for o in objs))
+                            for key, objs in wanted.by_lease.items()}
+        for key in wanted.refused:
+            self._programmed[key] = False
+        for key, why in wanted.refused.items():
+            if self._refused_logged.get(key) != why:
+                log.warning("refusing peer: %s", why)
+        self._refused_logged = dict(wanted.refused)
+        removed = len(changes.del_routes) + len(changes.del_fdbs) + len(changes.del_neighs)
+        m = self.metrics
+        m.reconciles += 1
+        m.objects_programmed += result.applied
+        m.errors += len(result.failed)
+        m.devices_recreated += len(recreated)
+        m.refused_peers = len(wanted.refused)
+        return ReconcileStats(
+            wanted=wanted.size, unchanged=changes.unchanged,
+            set=len(changes.set_neighs) + len(changes.set_fdbs) + len(changes.set_routes),
+            removed=removed, errors=len(result.failed), refused=len(wanted.refused),
+            recreated=recreated)
+
+    def programmed(self, lease: Lease) -> bool:
+        """True when every object for `lease` is in the kernel as of the last reconcile."""
+        return self._programmed.get(lease.key, False)
+
+    def watch_kernel(self, callback: Callable[[], None]) -> "threading.Thread":
+        """Start a thread that calls `callback()` when our devices or entries change."""
+        from daemon.kernel_watch import KernelWatch
+        watcher = KernelWatch(self, callback)
+        watcher.start()
+        return watcher
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _peer_ips(own: Optional[Lease], leases: list[Lease], topo: Topology) -> list[str]:
+    ips = set()
+    for lease in leases:
+        if own is not None and lease.subnet == own.subnet:
+            continue
+        if topo.ipv4:
+            ips.add(str(lease.attrs.public_ip))
+        if topo.ipv6 and lease.attrs.public_ipv6 is not None:
+            ips.add(str(lease.attrs.public_ipv6))
+    return sorted(ips)
+
+
+def _describe(obj) -> str:
+    name = type(obj).__name__.lower()
+    return f"{name} " + " ".join(f"{k}={v}" for k, v in obj._asdict().items())
+
+
+# ---------------------------------------------------------------- node discovery
+
+
+def discover_node(iface: str | None = None, public_ip: str | None = None,
+                  public_ipv6: str | None = None) -> NodeInfo:
+    """Pick the uplink as flanneld does: `iface` by name or address, else the interface
+    holding `public_ip`, else the one of the default route."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(groups=0) as ipr:
+        addrs = [(a.get("index"), a.get("family"), a.get("IFA_ADDRESS"), a.get("prefixlen"))
+                 for a in ipr.get_addr()]
+        index = None
+        if iface:
+            found = ipr.link_lookup(ifname=iface)
+            index = found[0] if found else _holder(addrs, iface)
+            if index is None:
+                raise DataplaneError(f"--iface {iface}: no such interface or address in this node")
+        elif public_ip:
+            index = _holder(addrs, public_ip)
+        if index is None:
+            index = _default_route_iface(ipr)
+        if index is None:
+            raise DataplaneError("no default route: pass --iface to choose the node's interface")
+        link = ipr.get_links(index)[0]
+        name, mtu = link.get("IFLA_IFNAME"), link.get("IFLA_MTU")
+    v4 = [a for i, f, a, _ in addrs if i == index and f == socket.AF_INET]
+    v6 = [a for i, f, a, _ in addrs if i == index and f == socket.AF_INET6
+          and not a.startswith("fe80")]
+    if not v4 and not public_ip:
+        raise DataplaneError(f"interface {name} has no IPv4 address: pass --public-ip")
+    iface_ip = public_ip if public_ip in v4 else (v4[0] if v4 else None)
+    iface_ip6 = public_ipv6 if public_ipv6 in v6 else (v6[0] if v6 else None)
+    return NodeInfo(iface=name, iface_index=index, public_ip=public_ip or iface_ip,
+                    public_ipv6=public_ipv6 or iface_ip6, iface_mtu=mtu, iface_ip=iface_ip,
+                    iface_ipv6=iface_ip6)
+
+
+def _holder(addrs, ip: str) -> int | None:
+    return next((i for i, _f, a, _p in addrs if a == ip), None)
+
+
+def _default_route_iface(ipr) -> int | None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=family, table=254):
+            if r.get("dst_len") == 0 and r.get("RTA_OIF"):
+                return r.get("RTA_OIF")
+    return None
+
+
+def make_backend(netconf: NetworkConfig, node: NodeInfo, state_dir: str) -> Backend:
+    kind = netconf.backend.type
+    if kind == VXLAN:
+        from daemon.backends.vxlan import VxlanBackend
+        return VxlanBackend(netconf, node, state_dir)
+    if kind == HOST_GW:
+        from daemon.backends.hostgw import HostGwBackend
+        return HostGwBackend(netconf, node, state_dir)
+    raise DataplaneError(f"Backend.Type {kind!r} is not supported (use vxlan or host-gw)")

@@ -1,0 +1,127 @@
+"""The IO side of the planner: read our objects from the kernel, apply changes.
+
+Reads are full dumps parsed cheaply (daemon.netlink); writes go out as one
+ordered batch, so 15000 objects cost about what the kernel needs to insert them.
+Everything happens in the network namespace of the calling thread.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from daemon import netlink as nl
+from daemon.planner import Changes, Fdb, KernelState, Neigh, Route
+
+log = logging.getLogger(__name__)
+
+_ZERO_MAC = "00:00:00:00:00:00"
+
+
+@dataclass
+class Devices:
+    """Name <-> ifindex of the links the data plane uses, resolved once per reconcile."""
+    by_name: dict[str, int]
+    vteps: frozenset[str]  # our VXLAN devices: every neighbour/FDB/route on them is ours
+    uplink: str
+    networks: tuple = ()  # cluster networks (ip_network); uplink routes into them are ours
+    by_index: dict[int, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_index = {i: n for n, i in self.by_name.items()}
+
+    @property
+    def owned(self) -> frozenset[str]:
+        return self.vteps | {self.uplink}
+
+    def name(self, ifindex: int) -> str:
+        return self.by_index.get(ifindex, f"#{ifindex}")
+
+
+@dataclass
+class ApplyResult:
+    applied: int = 0
+    failed: list[tuple[object, nl.NetlinkError]] = field(default_factory=list)
+
+
+def read_state(sock: nl.RtnlSocket, devs: Devices, ipv4: bool, ipv6: bool) -> KernelState:
+    state = KernelState()
+    vtep_idx = {devs.by_name[n] for n in devs.vteps if n in devs.by_name}
+    families = [f for f, on in ((socket.AF_INET, ipv4), (socket.AF_INET6, ipv6)) if on]
+    if vtep_idx:
+        for family in families:
+            for n in sock.neighbours(family):
+                if n.ifindex in vtep_idx and n.state & nl.NUD_PERMANENT and n.ip and n.mac:
+                    neigh = Neigh(devs.name(n.ifindex), n.ip, n.mac)
+                    state.neighs[(neigh.dev, neigh.ip)] = neigh
+        for n in sock.neighbours(nl.AF_BRIDGE):
+            if n.ifindex in vtep_idx and n.ip and n.mac and n.mac != _ZERO_MAC:
+                state.fdbs.append(Fdb(devs.name(n.ifindex), n.mac, n.ip))
+    uplink_idx = devs.by_name.get(devs.uplink)
+    for family in families:
+        for r in sock.routes(family):
+            if r.table != nl.RT_TABLE_MAIN or r.protocol == nl.RTPROT_KERNEL:
+                continue
+            if r.oif in vtep_idx or (r.oif == uplink_idx and r.gateway
+                                     and _inside(r.dst, devs.networks)):
+                state.routes[r.dst] = Route(r.dst, r.gateway, devs.name(r.oif), r.onlink)
+    return state
+
+
+def _inside(dst: str, networks) -> bool:
+    net = ipaddress.ip_network(dst, strict=False)
+    return any(net.version == n.version and net.subnet_of(n) for n in networks)
+
+
+def apply(sock: nl.RtnlSocket, ch: Changes, devs: Devices) -> ApplyResult:
+    """Send every change as one ordered batch; a removal of something already gone is fine."""
+    idx = devs.by_name
+    objects: list[tuple[object, bool]] = []  # (object, is_removal) per request
+    requests: list[bytes] = []
+
+    def put(obj, removal: bool, req: bytes) -> None:
+        objects.append((obj, removal))
+        requests.append(req)
+
+    for n in ch.set_neighs:
+        put(n, False, nl.neigh_replace(idx[n.dev], n.ip, n.mac))
+    for f in ch.del_stale_fdbs:
+        put(f, True, nl.fdb_delete(idx[f.dev], f.mac, f.dst))
+    for f in ch.set_fdbs:
+        put(f, False, nl.fdb_replace(idx[f.dev], f.mac, f.dst))
+    for r in ch.set_routes:
+        addr, plen = r.dst.split("/")
+        put(r, False, nl.route_replace(addr, int(plen), r.gateway, idx[r.dev], r.onlink))
+    for r in ch.del_routes:
+        addr, plen = r.dst.split("/")
+        put(r, True, nl.route_delete(addr, int(plen)))
+    for f in ch.del_fdbs:
+        if f.dev in idx:
+            put(f, True, nl.fdb_delete(idx[f.dev], f.mac, f.dst))
+    for n in ch.del_neighs:
+        if n.dev in idx:
+            put(n, True, nl.neigh_delete(idx[n.dev], n.ip, n.mac))
+    result = ApplyResult()
+    if not requests:
+        return result
+    failures, _ = sock.send_batch(requests)
+    bad = set()
+    for index, err in failures:
+        obj, removal = objects[index]
+        if removal and err.errno in (errno.ENOENT, errno.ESRCH):
+            continue
+        bad.add(index)
+        result.failed.append((obj, err))
+    result.applied = len(requests) - len(bad)
+    return result
+
+
+def directly_connected(sock: nl.RtnlSocket, ips: list[str], uplink_index: int) -> set[str]:
+    """Peers reached on the uplink without a gateway (flannel's DirectRouting test)."""
+    if not ips:
+        return set()
+    found = sock.lookup_routes(ips)
+    return {ip for ip, r in found.items()
+            if r is not None and not r.gateway and r.oif == uplink_index}

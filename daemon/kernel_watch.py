@@ -1,0 +1,121 @@
+"""Listen to rtnetlink and wake the reconcile loop when our objects are touched.
+
+The events our own reconcile causes must not wake it again, or the loop would
+chase its tail: an event matters only when it moves the kernel away from the
+last plan (a wanted entry deleted or changed, a foreign entry on our device, our
+device gone or down, its address removed). A lost-event overflow (ENOBUFS) is
+treated as "something changed".
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import threading
+from typing import Callable
+
+from daemon import netlink as nl
+from daemon.planner import Fdb, Neigh, Route
+
+log = logging.getLogger(__name__)
+
+GROUPS = (nl.GRP_LINK | nl.GRP_NEIGH | nl.GRP_IPV4_IFADDR | nl.GRP_IPV6_IFADDR
+          | nl.GRP_IPV4_ROUTE | nl.GRP_IPV6_ROUTE)
+IFF_UP = 0x1
+
+
+class KernelWatch(threading.Thread):
+    def __init__(self, backend, callback: Callable[[], None]):
+        super().__init__(name="kernel-watch", daemon=True)
+        self.backend, self.callback = backend, callback
+        self.sock = nl.RtnlSocket(groups=GROUPS)  # created here: in the caller's netns
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not select.select([self.sock.sock], [], [], 0.5)[0]:
+                    continue
+                try:
+                    buf = self.sock.recv()
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        raise
+                    log.info("kernel event queue overflowed; reconciling to be sure")
+                    self.callback()
+                    continue
+                reason = self.first_reason(buf)
+                if reason:
+                    log.info("kernel change: %s", reason)
+                    self.callback()
+        except Exception:  # the daemon's periodic tick still repairs; say why we stopped
+            log.exception("kernel watch stopped")
+        finally:
+            self.sock.close()
+
+    def first_reason(self, buf: bytes) -> str:
+        for mtype, _flags, _seq, off, end in nl.iter_messages(buf):
+            why = self.why(mtype, buf, off, end)
+            if why:
+                return why
+        return ""
+
+    def why(self, mtype: int, buf: bytes, off: int, end: int) -> str:
+        devs, wanted = self.backend._devs, self.backend._wanted
+        if devs is None:
+            return ""
+        if mtype in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
+            index, flags, name = nl.parse_link(buf, off, end)
+            ours = name in devs.vteps or name == devs.uplink or index in devs.by_index
+            if not ours:
+                return ""
+            if mtype == nl.RTM_DELLINK:
+                return f"link {name} deleted"
+            if devs.by_name.get(name) != index:
+                return f"link {name} recreated with index {index}"
+            return "" if flags & IFF_UP else f"link {name} is down"
+        if mtype == nl.RTM_DELADDR:
+            index = nl._U32.unpack_from(buf, off + 4)[0]  # ifaddrmsg: family, plen, flags, scope, index
+            return f"address removed from {devs.name(index)}" if devs.name(index) in devs.vteps else ""
+        if wanted is None:
+            return ""
+        if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
+            n = nl.parse_neigh(buf, off, end)
+            dev = devs.by_index.get(n.ifindex)
+            if dev not in devs.vteps or not n.ip or not n.mac:
+                return ""
+            if n.family == nl.AF_BRIDGE:
+                obj, want = Fdb(dev, n.mac, n.ip), wanted.fdbs.get((dev, n.mac))
+            else:
+                obj, want = Neigh(dev, n.ip, n.mac), wanted.neighs.get((dev, n.ip))
+            return _judge(mtype == nl.RTM_DELNEIGH, obj, want,
+                          n.state & nl.NUD_PERMANENT or n.family == nl.AF_BRIDGE)
+        if mtype in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
+            r = nl.parse_route(buf, off, end)
+            if r.table != nl.RT_TABLE_MAIN or r.protocol == nl.RTPROT_KERNEL:
+                return ""
+            obj = Route(r.dst, r.gateway, devs.name(r.oif), r.onlink)
+            want = wanted.routes.get(r.dst)
+            if want is None and obj.dev not in devs.vteps:
+                return ""
+            return _judge(mtype == nl.RTM_DELROUTE, obj, want, True)
+        return ""
+
+
+def _judge(deleted: bool, obj, want, permanent) -> str:
+    """Does this event move the kernel away from the plan?"""
+    if deleted:
+        return f"wanted {_show(obj)} deleted" if obj == want else ""
+    if want is None:
+        return f"foreign {_show(obj)} on our device" if permanent else ""
+    if obj != want or not permanent:
+        return f"{_show(obj)} differs from the plan"
+    return ""
+
+
+def _show(obj) -> str:
+    return type(obj).__name__.lower() + " " + " ".join(str(v) for v in obj)

@@ -1,0 +1,211 @@
+"""The pure core of the data plane: leases -> wanted kernel objects -> changes.
+
+No IO here. `plan()` turns the set of remote leases into the neighbour, FDB and
+route entries this node should hold; `diff()` compares that with what the kernel
+holds (read by daemon.kernel) and returns the changes in the order they must be
+applied: per peer neighbour, FDB, then route; removals in reverse.
+Devices are named, not indexed, so a recreated flannel.1 changes nothing here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+
+from conf.flannel import Lease
+
+VXLAN, HOST_GW = "vxlan", "host-gw"
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class Neigh(NamedTuple):
+    """`ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`."""
+    dev: str
+    ip: str
+    mac: str
+
+
+class Fdb(NamedTuple):
+    """`bridge fdb replace <mac> dev <dev> dst <dst> self permanent`."""
+    dev: str
+    mac: str
+    dst: str
+
+
+class Route(NamedTuple):
+    """`ip route replace <dst> via <gateway> dev <dev> [onlink]`."""
+    dst: str
+    gateway: str
+    dev: str
+    onlink: bool
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What the planner needs to know about this node."""
+    backend: str  # VXLAN or HOST_GW
+    uplink: str  # the interface carrying node-to-node traffic
+    vtep4: str = ""  # "flannel.1" (vxlan with IPv4)
+    vtep6: str = ""  # "flannel-v6.1" (vxlan with IPv6)
+    ipv4: bool = True
+    ipv6: bool = False
+    direct_routing: bool = False
+
+
+@dataclass
+class Plan:
+    neighs: dict[tuple[str, str], Neigh] = field(default_factory=dict)
+    fdbs: dict[tuple[str, str], Fdb] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
+    by_lease: dict[str, list] = field(default_factory=dict)  # lease key -> its objects
+    refused: dict[str, str] = field(default_factory=dict)  # lease key -> why
+
+    def add(self, key: str, *objects) -> None:
+        for obj in objects:
+            if isinstance(obj, Neigh):
+                self.neighs[(obj.dev, obj.ip)] = obj
+            elif isinstance(obj, Fdb):
+                self.fdbs[(obj.dev, obj.mac)] = obj
+            else:
+                self.routes[obj.dst] = obj
+        self.by_lease.setdefault(key, []).extend(objects)
+
+    @property
+    def size(self) -> int:
+        return len(self.neighs) + len(self.fdbs) + len(self.routes)
+
+
+def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
+         connected: frozenset[str] | set[str] = frozenset()) -> Plan:
+    """The wanted objects for every remote lease.
+
+    `connected` holds the peer public IPs whose route lookup has no gateway
+    (same L2 segment): DirectRouting and host-gw use them.
+    """
+    out = Plan()
+    own_key = own.key if own is not None else None
+    for lease in leases:
+        key = lease.key
+        if key == own_key or (own is not None and lease.subnet == own.subnet):
+            continue
+        if topo.backend == VXLAN:
+            _plan_vxlan(out, key, lease, topo, connected)
+        else:
+            _plan_host_gw(out, key, lease, topo, connected)
+    return out
+
+
+def _vtep_mac(data: dict | None) -> str:
+    mac = str((data or {}).get("VtepMAC", "")).lower()
+    return mac if _MAC_RE.match(mac) else ""
+
+
+def _plan_vxlan(out: Plan, key: str, lease: Lease, topo: Topology, connected) -> None:
+    attrs = lease.attrs
+    if attrs.backend_type != VXLAN:
+        out.refused[key] = f"lease {key} has BackendType {attrs.backend_type!r}, not vxlan"
+        return
+    families = []
+    if topo.ipv4 and lease.subnet is not None:
+        families.append((str(lease.subnet), str(lease.subnet.network_address),
+                         str(attrs.public_ip), attrs.backend_data, topo.vtep4))
+    if topo.ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6 is not None:
+        families.append((str(lease.ipv6_subnet), str(lease.ipv6_subnet.network_address),
+                         str(attrs.public_ipv6), attrs.backend_v6_data, topo.vtep6))
+    for subnet, vtep_ip, public_ip, data, dev in families:
+        if topo.direct_routing and public_ip in connected:
+            out.add(key, Route(subnet, public_ip, topo.uplink, False))
+            continue
+        mac = _vtep_mac(data)
+        if not mac:
+            out.refused[key] = f"lease {key} has no valid VtepMAC for {subnet}"
+            continue
+        taken = out.fdbs.get((dev, mac))
+        if taken is not None:
+            out.refused[key] = f"lease {key} uses VtepMAC {mac}, already used by the peer at {taken.dst}"
+            continue
+        out.add(key, Neigh(dev, vtep_ip, mac), Fdb(dev, mac, public_ip),
+                Route(subnet, vtep_ip, dev, True))
+
+
+def _plan_host_gw(out: Plan, key: str, lease: Lease, topo: Topology, connected) -> None:
+    attrs = lease.attrs
+    if attrs.backend_type != HOST_GW:
+        out.refused[key] = f"lease {key} has BackendType {attrs.backend_type!r}, not host-gw"
+        return
+    families = []
+    if topo.ipv4 and lease.subnet is not None:
+        families.append((str(lease.subnet), str(attrs.public_ip)))
+    if topo.ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6 is not None:
+        families.append((str(lease.ipv6_subnet), str(attrs.public_ipv6)))
+    for subnet, public_ip in families:
+        if public_ip not in connected:
+            out.refused[key] = (f"host-gw peer {public_ip} (subnet {subnet}) is not on-link on "
+                                f"{topo.uplink}; host-gw needs direct layer-2 connectivity")
+            continue
+        out.add(key, Route(subnet, public_ip, topo.uplink, False))
+
+
+# ---------------------------------------------------------------- diff
+
+
+@dataclass
+class KernelState:
+    """Our objects as the kernel holds them now (see daemon.kernel.read_state)."""
+    neighs: dict[tuple[str, str], Neigh] = field(default_factory=dict)
+    fdbs: list[Fdb] = field(default_factory=list)  # a MAC may carry several remotes
+    routes: dict[str, Route] = field(default_factory=dict)  # owned routes and wanted dsts
+
+
+@dataclass
+class Changes:
+    """Requests in apply order: first the set phases (neigh, fdb, route), then removals."""
+    set_neighs: list[Neigh] = field(default_factory=list)
+    del_stale_fdbs: list[Fdb] = field(default_factory=list)  # old remotes of a wanted MAC
+    set_fdbs: list[Fdb] = field(default_factory=list)
+    set_routes: list[Route] = field(default_factory=list)
+    del_routes: list[Route] = field(default_factory=list)
+    del_fdbs: list[Fdb] = field(default_factory=list)
+    del_neighs: list[Neigh] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.set_neighs or self.del_stale_fdbs or self.set_fdbs or self.set_routes
+                    or self.del_routes or self.del_fdbs or self.del_neighs)
+
+
+def diff(wanted: Plan, current: KernelState, owned_devs: frozenset[str] | set[str]) -> Changes:
+    """What to replace and what to remove so the kernel matches `wanted`.
+
+    Only objects on `owned_devs` (our VTEPs, and the uplink for routes into the
+    cluster network) are ever removed.
+    """
+    ch = Changes()
+    for key, neigh in wanted.neighs.items():
+        if current.neighs.get(key) == neigh:
+            ch.unchanged += 1
+        else:
+            ch.set_neighs.append(neigh)
+    remotes: dict[tuple[str, str], list[Fdb]] = {}
+    for fdb in current.fdbs:
+        remotes.setdefault((fdb.dev, fdb.mac), []).append(fdb)
+    for key, fdb in wanted.fdbs.items():
+        have = remotes.get(key, [])
+        if have == [fdb]:
+            ch.unchanged += 1
+            continue
+        ch.del_stale_fdbs.extend(have)  # a changed PublicIP: drop the old remote first
+        ch.set_fdbs.append(fdb)
+    for dst, route in wanted.routes.items():
+        if current.routes.get(dst) == route:
+            ch.unchanged += 1
+        else:
+            ch.set_routes.append(route)
+    ch.del_routes = [r for dst, r in current.routes.items()
+                     if dst not in wanted.routes and r.dev in owned_devs]
+    ch.del_fdbs = [f for key, group in remotes.items() if key not in wanted.fdbs
+                   and key[0] in owned_devs for f in group]
+    ch.del_neighs = [n for key, n in current.neighs.items()
+                     if key not in wanted.neighs and n.dev in owned_devs]
+    return ch

@@ -1,0 +1,170 @@
+"""Netns "nodes" on an underlay, each able to run a data plane backend in-process.
+
+`Underlay` builds a switch namespace with bridge `br0` (192.168.50.0/24) and,
+when asked, a second segment `br1` (192.168.60.0/24) routed by the switch
+namespace itself, so a node there is reachable only through a gateway.
+`NodeWorker` is a forked child that entered the node's namespace (setns) and
+holds a Backend; the test calls module-level functions in it. No etcd needed:
+tests hand Lease objects over directly.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import traceback
+
+from tests.support.netns import NetNS, link_netns
+
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+def _serve(ns_path: str, conn) -> None:
+    _setns(ns_path)
+    state: dict = {}
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        fn, args = msg
+        try:
+            conn.send((True, fn(state, *args)))
+        except BaseException as e:  # hand the failure to the test, with its traceback
+            conn.send((False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+class NodeWorker:
+    def __init__(self, ns: NetNS):
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(ns.path, child), daemon=True)
+        self.proc.start()
+
+    def call(self, fn, *args, timeout: float = 60):
+        self.conn.send((fn, args))
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"{fn.__name__} did not answer in {timeout}s")
+        ok, value = self.conn.recv()
+        if not ok:
+            raise RuntimeError(f"in node worker: {value}")
+        return value
+
+    def close(self) -> None:
+        if self.proc.is_alive():
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.proc.join(5)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+
+
+class Node:
+    def __init__(self, ns: NetNS, ip: str, ip6: str):
+        self.ns, self.ip, self.ip6 = ns, ip, ip6
+        self.worker: NodeWorker | None = None
+
+    def start_worker(self) -> NodeWorker:
+        self.worker = NodeWorker(self.ns)
+        return self.worker
+
+
+class Underlay:
+    """A switch netns and node namespaces wired to it with veth `eth0`."""
+
+    def __init__(self):
+        self.switch = NetNS()
+        self.nodes: list[Node] = []
+        self.switch.run("ip", "link", "add", "br0", "type", "bridge")
+        self.switch.run("ip", "link", "set", "br0", "up")
+        self._segments = {"br0": ("192.168.50", "fd50::")}
+
+    def add_segment(self) -> None:
+        """A second, routed segment br1: its nodes are reached through 192.168.50.1."""
+        sw = self.switch
+        sw.run("ip", "link", "add", "br1", "type", "bridge")
+        sw.run("ip", "link", "set", "br1", "up")
+        sw.run("ip", "addr", "add", "192.168.50.1/24", "dev", "br0")
+        sw.run("ip", "addr", "add", "192.168.60.1/24", "dev", "br1")
+        sw.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self._segments["br1"] = ("192.168.60", "fd60::")
+
+    def add_node(self, bridge: str = "br0", mtu: int = 1500) -> Node:
+        ns = NetNS()
+        host = len(self.nodes) + 10
+        v4, v6 = self._segments[bridge]
+        port = f"p{host}"
+        link_netns(self.switch, ns, port, "eth0")
+        self.switch.run("ip", "link", "set", port, "master", bridge)
+        ns.run("ip", "link", "set", "eth0", "mtu", str(mtu))
+        ns.run("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
+        ns.run("ip", "addr", "add", f"{v4}.{host}/24", "dev", "eth0")
+        ns.run("ip", "addr", "add", f"{v6}{host}/64", "dev", "eth0", "nodad")
+        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        ns.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+        if bridge == "br1":
+            ns.run("ip", "route", "add", "default", "via", "192.168.60.1")
+        elif "br1" in self._segments:
+            ns.run("ip", "route", "add", "192.168.60.0/24", "via", "192.168.50.1")
+        node = Node(ns, f"{v4}.{host}", f"{v6}{host}")
+        self.nodes.append(node)
+        return node
+
+    def close(self) -> None:
+        for node in self.nodes:
+            if node.worker:
+                node.worker.close()
+            node.ns.close()
+        self.switch.close()
+
+
+# ---------------------------------------------------------------- functions run in a worker
+
+
+def make_backend(state: dict, netconf_json: str, iface: str, state_dir: str,
+                 public_ip: str | None = None) -> int:
+    from conf.flannel import load_network_config
+    from daemon.dataplane import discover_node, make_backend as make
+
+    node = discover_node(iface, public_ip, None)
+    state["backend"] = make(load_network_config(netconf_json), node, state_dir)
+    return state["backend"].mtu
+
+
+def backend_call(state: dict, method: str, *args):
+    return getattr(state["backend"], method)(*args)
+
+
+def programmed(state: dict, leases) -> list[bool]:
+    return [state["backend"].programmed(lease) for lease in leases]
+
+
+def metrics(state: dict):
+    return state["backend"].metrics
+
+
+def start_watch(state: dict) -> None:
+    import threading
+
+    woken = state["woken"] = threading.Event()
+    state["watch"] = state["backend"].watch_kernel(woken.set)
+
+
+def wait_woken(state: dict, timeout: float) -> bool:
+    """Whether the kernel watch called back within `timeout`; clears the flag."""
+    woken = state["woken"]
+    hit = woken.wait(timeout)
+    woken.clear()
+    return hit
