@@ -116,10 +116,11 @@ def cmd_status(req: Request) -> None:
 def cmd_gc(req: Request) -> None:
     """Remove host veths and state of attachments the runtime no longer knows, then IPAM GC."""
     conf = load_conf(req)
-    if conf.valid_attachments is None:
+    attachments = conf.gc_attachments()
+    if attachments is None:
         raise InvalidConfigError(
             "invalid network configuration: field 'cni.dev/valid-attachments' is required for GC")
-    valid = {(a.container_id, a.ifname) for a in conf.valid_attachments}
+    valid = {(a.container_id, a.ifname) for a in attachments}
     ipr = host_netlink()
     failures: list[CniError] = []
     for state in list_states(conf.data_dir, conf.name):
