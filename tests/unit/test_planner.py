@@ -1,0 +1,188 @@
+"""The pure planner: leases -> wanted kernel objects -> changes, as tables."""
+from __future__ import annotations
+
+import pytest
+
+from conf.flannel import Lease, LeaseAttrs
+from daemon.planner import (HOST_GW, VXLAN, Fdb, KernelState, Neigh, Plan, Route, Topology,
+                            diff, plan)
+
+VX = Topology(VXLAN, "eth0", vtep4="flannel.1")
+VX_DUAL = Topology(VXLAN, "eth0", vtep4="flannel.1", vtep6="flannel-v6.1", ipv6=True)
+VX_DIRECT = Topology(VXLAN, "eth0", vtep4="flannel.1", direct_routing=True)
+HGW = Topology(HOST_GW, "eth0")
+HGW_DUAL = Topology(HOST_GW, "eth0", ipv6=True)
+
+
+def vxlan_lease(n: int, mac: str | None = None, public: str | None = None, v6: bool = False) -> Lease:
+    mac = mac or f"02:00:00:00:00:{n:02x}"
+    attrs = {"PublicIP": public or f"192.168.50.{n}", "BackendType": "vxlan",
+             "BackendData": {"VNI": 1, "VtepMAC": mac}}
+    extra = {}
+    if v6:
+        attrs["PublicIPv6"] = f"fd50::{n}"
+        attrs["BackendV6Data"] = {"VNI": 1, "VtepMAC": f"06:00:00:00:00:{n:02x}"}
+        extra["ipv6_subnet"] = f"fc00:0:0:{n}::/64"
+    return Lease(subnet=f"10.244.{n}.0/24", attrs=LeaseAttrs.model_validate(attrs), **extra)
+
+
+def hostgw_lease(n: int, v6: bool = False) -> Lease:
+    attrs = {"PublicIP": f"192.168.50.{n}", "BackendType": "host-gw"}
+    extra = {}
+    if v6:
+        attrs["PublicIPv6"] = f"fd50::{n}"
+        extra["ipv6_subnet"] = f"fc00:0:0:{n}::/64"
+    return Lease(subnet=f"10.244.{n}.0/24", attrs=LeaseAttrs.model_validate(attrs), **extra)
+
+
+def objects(p: Plan) -> set:
+    return set(p.neighs.values()) | set(p.fdbs.values()) | set(p.routes.values())
+
+
+OWN = vxlan_lease(1)
+
+PLAN_CASES = [
+    ("vxlan peer: neighbour, fdb, onlink route", VX, [OWN, vxlan_lease(2)], set(), {
+        Neigh("flannel.1", "10.244.2.0", "02:00:00:00:00:02"),
+        Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.2"),
+        Route("10.244.2.0/24", "10.244.2.0", "flannel.1", True)}),
+    ("own lease excluded", VX, [OWN], set(), set()),
+    ("MAC upper case is normalised", VX, [vxlan_lease(3, mac="02:AB:CD:EF:00:03")], set(), {
+        Neigh("flannel.1", "10.244.3.0", "02:ab:cd:ef:00:03"),
+        Fdb("flannel.1", "02:ab:cd:ef:00:03", "192.168.50.3"),
+        Route("10.244.3.0/24", "10.244.3.0", "flannel.1", True)}),
+    ("DirectRouting: connected peer gets a direct route", VX_DIRECT,
+     [vxlan_lease(2), vxlan_lease(3, public="10.9.0.3")], {"192.168.50.2"}, {
+         Route("10.244.2.0/24", "192.168.50.2", "eth0", False),
+         Neigh("flannel.1", "10.244.3.0", "02:00:00:00:00:03"),
+         Fdb("flannel.1", "02:00:00:00:00:03", "10.9.0.3"),
+         Route("10.244.3.0/24", "10.244.3.0", "flannel.1", True)}),
+    ("connected peer without DirectRouting stays on vxlan", VX, [vxlan_lease(2)], {"192.168.50.2"}, {
+        Neigh("flannel.1", "10.244.2.0", "02:00:00:00:00:02"),
+        Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.2"),
+        Route("10.244.2.0/24", "10.244.2.0", "flannel.1", True)}),
+    ("dual stack: both VTEPs", VX_DUAL, [vxlan_lease(2, v6=True)], set(), {
+        Neigh("flannel.1", "10.244.2.0", "02:00:00:00:00:02"),
+        Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.2"),
+        Route("10.244.2.0/24", "10.244.2.0", "flannel.1", True),
+        Neigh("flannel-v6.1", "fc00:0:0:2::", "06:00:00:00:00:02"),
+        Fdb("flannel-v6.1", "06:00:00:00:00:02", "fd50::2"),
+        Route("fc00:0:0:2::/64", "fc00:0:0:2::", "flannel-v6.1", True)}),
+    ("dual stack node, v4-only peer", VX_DUAL, [vxlan_lease(2)], set(), {
+        Neigh("flannel.1", "10.244.2.0", "02:00:00:00:00:02"),
+        Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.2"),
+        Route("10.244.2.0/24", "10.244.2.0", "flannel.1", True)}),
+    ("host-gw: route via the peer", HGW, [hostgw_lease(1), hostgw_lease(2)], {"192.168.50.2"}, {
+        Route("10.244.2.0/24", "192.168.50.2", "eth0", False)}),
+    ("host-gw dual stack", HGW_DUAL, [hostgw_lease(2, v6=True)], {"192.168.50.2", "fd50::2"}, {
+        Route("10.244.2.0/24", "192.168.50.2", "eth0", False),
+        Route("fc00:0:0:2::/64", "fd50::2", "eth0", False)}),
+]
+
+
+@pytest.mark.parametrize("name,topo,leases,connected,want", PLAN_CASES, ids=[c[0] for c in PLAN_CASES])
+def test_plan(name, topo, leases, connected, want):
+    own = hostgw_lease(1) if topo.backend == HOST_GW else OWN
+    p = plan(own, leases, topo, connected)
+    assert objects(p) == want
+    assert not p.refused
+
+
+REFUSED_CASES = [
+    ("host-gw peer behind a gateway", HGW, hostgw_lease(2), "not on-link on eth0"),
+    ("vxlan node, host-gw lease", VX, hostgw_lease(2), "not vxlan"),
+    ("host-gw node, vxlan lease", HGW, vxlan_lease(2), "not host-gw"),
+    ("bad VtepMAC", VX, vxlan_lease(2, mac="zz:00"), "no valid VtepMAC"),
+]
+
+
+@pytest.mark.parametrize("name,topo,lease,why", REFUSED_CASES, ids=[c[0] for c in REFUSED_CASES])
+def test_refused(name, topo, lease, why):
+    p = plan(None, [lease], topo, set())
+    assert objects(p) == set()
+    assert why in p.refused[lease.key]
+
+
+def test_duplicate_mac_refuses_the_second_peer():
+    a, b = vxlan_lease(2, mac="02:00:00:00:00:aa"), vxlan_lease(3, mac="02:00:00:00:00:aa")
+    p = plan(None, [a, b], VX)
+    assert a.key not in p.refused and "already used" in p.refused[b.key]
+    assert len(p.routes) == 1
+
+
+def test_objects_are_grouped_by_lease():
+    p = plan(OWN, [vxlan_lease(2), vxlan_lease(3)], VX)
+    assert {len(objs) for objs in p.by_lease.values()} == {3}
+    assert Route("10.244.3.0/24", "10.244.3.0", "flannel.1", True) in p.by_lease[vxlan_lease(3).key]
+
+
+# ---------------------------------------------------------------- diff
+
+OWNED = {"flannel.1", "eth0"}
+
+
+def state_of(p: Plan) -> KernelState:
+    return KernelState(dict(p.neighs), list(p.fdbs.values()), dict(p.routes))
+
+
+def test_diff_of_empty_kernel_sets_everything_in_order():
+    p = plan(OWN, [vxlan_lease(2), vxlan_lease(3)], VX)
+    ch = diff(p, KernelState(), OWNED)
+    assert (len(ch.set_neighs), len(ch.set_fdbs), len(ch.set_routes)) == (2, 2, 2)
+    assert not (ch.del_routes or ch.del_fdbs or ch.del_neighs or ch.del_stale_fdbs)
+
+
+def test_diff_of_converged_kernel_is_empty():
+    p = plan(OWN, [vxlan_lease(2), vxlan_lease(3)], VX)
+    ch = diff(p, state_of(p), OWNED)
+    assert ch.empty and ch.unchanged == 6
+
+
+def test_gone_lease_loses_route_fdb_and_neighbour():
+    before = plan(OWN, [vxlan_lease(2), vxlan_lease(3)], VX)
+    after = plan(OWN, [vxlan_lease(2)], VX)
+    ch = diff(after, state_of(before), OWNED)
+    assert ch.del_routes == [Route("10.244.3.0/24", "10.244.3.0", "flannel.1", True)]
+    assert ch.del_fdbs == [Fdb("flannel.1", "02:00:00:00:00:03", "192.168.50.3")]
+    assert ch.del_neighs == [Neigh("flannel.1", "10.244.3.0", "02:00:00:00:00:03")]
+    assert not (ch.set_neighs or ch.set_fdbs or ch.set_routes)
+
+
+def test_peer_reboot_with_new_mac_replaces_neighbour_and_drops_old_fdb():
+    before = plan(OWN, [vxlan_lease(2)], VX)
+    after = plan(OWN, [vxlan_lease(2, mac="02:00:00:00:99:02")], VX)
+    ch = diff(after, state_of(before), OWNED)
+    assert ch.set_neighs == [Neigh("flannel.1", "10.244.2.0", "02:00:00:00:99:02")]
+    assert ch.set_fdbs == [Fdb("flannel.1", "02:00:00:00:99:02", "192.168.50.2")]
+    assert ch.del_fdbs == [Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.2")]
+    assert not ch.set_routes and not ch.del_neighs
+
+
+def test_changed_public_ip_removes_the_old_remote_first():
+    before = plan(OWN, [vxlan_lease(2)], VX)
+    after = plan(OWN, [vxlan_lease(2, public="192.168.50.99")], VX)
+    ch = diff(after, state_of(before), OWNED)
+    assert ch.del_stale_fdbs == [Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.2")]
+    assert ch.set_fdbs == [Fdb("flannel.1", "02:00:00:00:00:02", "192.168.50.99")]
+
+
+def test_switch_to_direct_routing_replaces_route_and_drops_vxlan_entries():
+    before = plan(OWN, [vxlan_lease(2)], VX)
+    after = plan(OWN, [vxlan_lease(2)], VX_DIRECT, {"192.168.50.2"})
+    ch = diff(after, state_of(before), OWNED)
+    assert ch.set_routes == [Route("10.244.2.0/24", "192.168.50.2", "eth0", False)]
+    assert len(ch.del_fdbs) == 1 and len(ch.del_neighs) == 1 and not ch.del_routes
+
+
+def test_foreign_devices_are_never_cleaned():
+    stray = Route("10.244.9.0/24", "172.16.0.1", "eth1", False)
+    ch = diff(plan(OWN, [], VX), KernelState(routes={stray.dst: stray}), OWNED)
+    assert ch.empty
+
+
+def test_hand_changed_route_is_replaced():
+    p = plan(OWN, [vxlan_lease(2)], VX)
+    st = state_of(p)
+    st.routes["10.244.2.0/24"] = Route("10.244.2.0/24", "192.168.50.7", "eth0", False)
+    ch = diff(p, st, OWNED)
+    assert ch.set_routes == [p.routes["10.244.2.0/24"]] and not ch.del_routes
