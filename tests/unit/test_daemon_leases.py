@@ -1,0 +1,211 @@
+"""Lease choice and upkeep (daemon/leases.py) against an in-memory etcd stand-in."""
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+
+from conf.flannel import LeaseAttrs, SubnetEnv, load_network_config
+from daemon.leases import (LeaseError, LeaseLostError, LeaseManager, fits_config, parse_leases,
+                           pick_free_subnet, previous_subnet)
+from daemon.registry import KeyValue
+
+CONFIG = load_network_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+DUAL = load_network_config('{"Network": "10.244.0.0/16", "EnableIPv6": true, '
+                           '"IPv6Network": "fc00::/48", "Backend": {"Type": "vxlan"}}')
+
+
+def attrs(ip: str, mac: str = "aa:bb:cc:00:00:01", v6: str | None = None) -> LeaseAttrs:
+    return LeaseAttrs(PublicIP=ip, PublicIPv6=v6, BackendType="vxlan",
+                      BackendData={"VNI": 1, "VtepMAC": mac})
+
+
+class FakeRegistry:
+    """The subset of daemon.registry.Registry the lease manager uses, in memory."""
+
+    def __init__(self):
+        self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, lease id)
+        self.next_id = 100
+        self.revoked: list[int] = []
+        self.steal_on_create: dict[str, str] = {}  # key -> value another node writes first
+
+    def list_leases(self):
+        return 1, [KeyValue(k, v.encode(), i, 1) for k, (v, i) in self.kv.items()]
+
+    def grant(self, ttl):
+        self.next_id += 1
+        return self.next_id
+
+    def create_lease(self, key, value, ttl):
+        if key in self.steal_on_create:
+            self.kv[key] = (self.steal_on_create.pop(key), 1)
+        if key in self.kv:
+            return None
+        self.kv[key] = (value, self.grant(ttl))
+        return self.kv[key][1]
+
+    def renew_lease(self, key, expected, value, ttl):
+        current = self.kv.get(key)
+        if current is None or current[0] != expected:
+            return None, current[0].encode() if current else None
+        self.kv[key] = (value, self.grant(ttl))
+        return self.kv[key][1], None
+
+    def get_lease(self, key):
+        return self.kv[key][0].encode() if key in self.kv else None
+
+    def delete_lease(self, key):
+        self.kv.pop(key, None)
+
+    def revoke(self, lease_id):
+        self.revoked.append(lease_id)
+
+
+def manager(reg, config=CONFIG, seed=1, ttl=86400, margin=3600, clock=lambda: 1000.0):
+    return LeaseManager(reg, config, ttl, margin, rng=random.Random(seed), clock=clock)
+
+
+def test_a_new_node_gets_a_free_subnet_inside_min_max_and_the_lease_json():
+    reg = FakeRegistry()
+    own = manager(reg).acquire(attrs("192.168.1.10"))
+    assert own.subnet.prefixlen == 24 and own.subnet.subnet_of(ipaddress.ip_network("10.244.0.0/16"))
+    assert own.subnet != ipaddress.ip_network("10.244.0.0/24")  # SubnetMin skips the first
+    value, _ = reg.kv[own.key]
+    assert value == ('{"PublicIP":"192.168.1.10","PublicIPv6":null,"BackendType":"vxlan",'
+                     '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:00:01"}}')
+    assert own.expiration == 1000.0 + 86400
+
+
+def test_many_nodes_never_share_a_subnet():
+    reg = FakeRegistry()
+    subnets = {manager(reg, seed=i).acquire(attrs(f"192.168.1.{i}")).subnet for i in range(1, 60)}
+    assert len(subnets) == 59
+
+
+def test_the_lease_held_by_our_public_ip_is_reused_with_new_attrs():
+    reg = FakeRegistry()
+    first = manager(reg, seed=1).acquire(attrs("192.168.1.10", mac="aa:00:00:00:00:01"))
+    again = manager(reg, seed=2).acquire(attrs("192.168.1.10", mac="aa:00:00:00:00:02"))
+    assert again.subnet == first.subnet
+    assert len(reg.kv) == 1 and "aa:00:00:00:00:02" in reg.kv[first.key][0]
+
+
+def test_a_held_lease_that_no_longer_fits_the_config_is_replaced():
+    reg = FakeRegistry()
+    reg.kv["10.99.1.0-24"] = (attrs("192.168.1.10").dump_json(), 5)
+    own = manager(reg).acquire(attrs("192.168.1.10"))
+    assert "10.99.1.0-24" not in reg.kv
+    assert own.subnet.subnet_of(ipaddress.ip_network("10.244.0.0/16"))
+
+
+def test_the_subnet_of_an_old_subnet_env_is_taken_again_when_free():
+    env = SubnetEnv(networks=["10.244.0.0/16"], subnet="10.244.77.1/24", mtu=1450, ipmasq=False)
+    own = manager(FakeRegistry()).acquire(attrs("192.168.1.10"), previous=env)
+    assert str(own.subnet) == "10.244.77.0/24"
+
+
+def test_the_subnet_of_an_old_subnet_env_is_not_taken_from_another_node():
+    reg = FakeRegistry()
+    reg.kv["10.244.77.0-24"] = (attrs("192.168.1.99").dump_json(), 5)
+    env = SubnetEnv(networks=["10.244.0.0/16"], subnet="10.244.77.1/24", mtu=1450, ipmasq=False)
+    own = manager(reg).acquire(attrs("192.168.1.10"), previous=env)
+    assert str(own.subnet) != "10.244.77.0/24"
+    assert "192.168.1.99" in reg.kv["10.244.77.0-24"][0]
+
+
+def test_losing_a_race_retries_with_another_subnet():
+    reg = FakeRegistry()
+    env = SubnetEnv(networks=["10.244.0.0/16"], subnet="10.244.77.1/24", mtu=1450, ipmasq=False)
+    reg.steal_on_create["10.244.77.0-24"] = attrs("192.168.1.99").dump_json()
+    own = manager(reg).acquire(attrs("192.168.1.10"), previous=env)
+    assert str(own.subnet) != "10.244.77.0/24"
+    assert "192.168.1.99" in reg.kv["10.244.77.0-24"][0]
+
+
+def test_a_full_network_says_out_of_subnets():
+    config = load_network_config('{"Network": "10.0.0.0/28", "SubnetLen": 30}')
+    reg = FakeRegistry()
+    for i in range(3):
+        manager(reg, config=config, seed=i).acquire(attrs(f"192.168.1.{i + 1}"))
+    with pytest.raises(LeaseError, match="out of subnets"):
+        manager(reg, config=config).acquire(attrs("192.168.1.50"))
+
+
+def test_random_pick_stays_within_the_first_100_free_subnets():
+    leases = parse_leases([KeyValue(f"10.244.{i}.0-24", attrs(f"10.0.0.{i}").dump_json().encode(), 1, 1)
+                           for i in range(1, 11)])
+    picks = {pick_free_subnet(CONFIG, leases, random.Random(s)).subnet for s in range(300)}
+    thirds = sorted(int(p.network_address.packed[2]) for p in picks)
+    assert thirds[0] >= 11 and thirds[-1] <= 110 and len(picks) > 50
+
+
+def test_dual_stack_leases_carry_both_subnets_and_the_key_joins_them():
+    reg = FakeRegistry()
+    own = manager(reg, config=DUAL).acquire(attrs("192.168.1.10", v6="fd00::10"))
+    assert own.ipv6_subnet is not None and own.ipv6_subnet.prefixlen == 64
+    assert own.key == f"{own.subnet.network_address}-24&{own.ipv6_subnet.network_address}-64"
+    assert '"PublicIPv6":"fd00::10"' in reg.kv[own.key][0]
+    assert fits_config(own, DUAL) and not fits_config(own, CONFIG)
+
+
+def test_previous_subnet_ignores_an_env_from_another_network():
+    env = SubnetEnv(networks=["10.1.0.0/16"], subnet="10.1.5.1/24", mtu=1450, ipmasq=False)
+    assert previous_subnet(CONFIG, env, []) is None
+
+
+def test_renewal_puts_the_same_value_on_a_new_lease_and_revokes_the_old():
+    now = [1000.0]
+    reg = FakeRegistry()
+    mgr = manager(reg, ttl=100, margin=60, clock=lambda: now[0])
+    own = mgr.acquire(attrs("192.168.1.10"))
+    first_id = mgr.lease_id
+    assert mgr.renew_delay() == 40.0  # expiry - margin
+    now[0] += 40
+    renewed = mgr.renew()
+    assert renewed.subnet == own.subnet and mgr.lease_id != first_id
+    assert reg.kv[own.key][1] == mgr.lease_id and first_id in reg.revoked
+    assert renewed.expiration == 1140.0
+
+
+def test_a_ttl_shorter_than_the_margin_renews_at_half_time():
+    mgr = manager(FakeRegistry(), ttl=10, margin=3600)
+    mgr.acquire(attrs("192.168.1.10"))
+    assert mgr.renew_delay() == 5.0
+
+
+def test_a_revoked_lease_is_taken_back_with_the_same_subnet():
+    reg = FakeRegistry()
+    mgr = manager(reg)
+    own = mgr.acquire(attrs("192.168.1.10"))
+    del reg.kv[own.key]  # revoked or expired
+    back = mgr.ensure_held()
+    assert back.subnet == own.subnet and own.key in reg.kv
+    del reg.kv[own.key]
+    assert mgr.renew().subnet == own.subnet  # renewal finds it gone too: same answer
+
+
+def test_a_subnet_taken_by_another_node_stops_the_daemon_with_a_clear_error():
+    reg = FakeRegistry()
+    mgr = manager(reg)
+    own = mgr.acquire(attrs("192.168.1.10"))
+    reg.kv[own.key] = (attrs("192.168.1.99").dump_json(), 7)
+    with pytest.raises(LeaseLostError, match=r"now leased to 192\.168\.1\.99"):
+        mgr.ensure_held()
+    with pytest.raises(LeaseLostError):
+        mgr.renew()
+
+
+def test_our_key_rewritten_with_our_public_ip_is_adopted_back():
+    reg = FakeRegistry()
+    mgr = manager(reg)
+    own = mgr.acquire(attrs("192.168.1.10"))
+    reg.kv[own.key] = (attrs("192.168.1.10", mac="aa:00:00:00:00:09").dump_json(), 7)
+    mgr.ensure_held()
+    assert "aa:bb:cc:00:00:01" in reg.kv[own.key][0]
+
+
+def test_ipv6_only_networks_are_refused_clearly():
+    config = load_network_config('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fc00::/48"}')
+    with pytest.raises(LeaseError, match="IPv6-only"):
+        manager(FakeRegistry(), config=config)

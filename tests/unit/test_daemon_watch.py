@@ -1,0 +1,125 @@
+"""The lease watcher (daemon/watch.py): snapshot, events, resume, compaction, outages."""
+from __future__ import annotations
+
+import queue
+import threading
+
+from conf.flannel import LeaseAttrs
+from daemon.metrics import Metrics
+from daemon.registry import CompactedError, KeyValue, RegistryUnavailableError, WatchBatch
+from daemon.watch import LeaseWatcher
+
+
+def kv(third: int, ip: str = "192.168.1.1", lease_id: int = 9) -> KeyValue:
+    value = LeaseAttrs(PublicIP=ip, BackendType="vxlan",
+                       BackendData={"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"}).dump_json()
+    return KeyValue(f"10.244.{third}.0-24", value.encode(), lease_id, 1)
+
+
+class FakeRegistry:
+    """list_leases returns `listing`; each watch_leases call hands its callback to the test."""
+
+    def __init__(self, listing):
+        self.listing = listing
+        self.lists = 0
+        self.watch_starts: list[int] = []
+        self.streams: queue.Queue = queue.Queue()
+        self.resets = 0
+        self.fail_next_watch: Exception | None = None
+
+    def list_leases(self):
+        self.lists += 1
+        return self.listing
+
+    def watch_leases(self, start, callback):
+        self.watch_starts.append(start)
+        if self.fail_next_watch is not None:
+            err, self.fail_next_watch = self.fail_next_watch, None
+            raise err
+        self.streams.put(callback)
+        return lambda: None
+
+    def reset(self):
+        self.resets += 1
+
+
+def started(reg):
+    changes = threading.Semaphore(0)
+    own_events = threading.Semaphore(0)
+    w = LeaseWatcher(reg, Metrics(), on_change=changes.release, own_key=lambda: "10.244.1.0-24",
+                     on_own_key=own_events.release)
+    w.start()
+    return w, changes, own_events
+
+
+def keys(w):
+    return sorted(k.lease.key for k in w.leases())
+
+
+def test_snapshot_then_events_then_own_key_news():
+    reg = FakeRegistry((10, [kv(1), kv(2)]))
+    w, changes, own = started(reg)
+    try:
+        send = reg.streams.get(timeout=5)
+        assert changes.acquire(timeout=5) and keys(w) == ["10.244.1.0-24", "10.244.2.0-24"]
+        assert reg.watch_starts == [11]
+        send(WatchBatch(12, puts=[kv(3)]))
+        assert changes.acquire(timeout=5) and "10.244.3.0-24" in keys(w)
+        send(WatchBatch(13, deletes=["10.244.1.0-24"]))
+        assert changes.acquire(timeout=5) and own.acquire(timeout=5)
+        assert keys(w) == ["10.244.2.0-24", "10.244.3.0-24"] and w.revision == 13
+        assert w.metrics.get("leases_known") == 2
+    finally:
+        w.stop()
+
+
+def test_a_renewal_of_an_unchanged_lease_is_not_a_change():
+    reg = FakeRegistry((10, [kv(2)]))
+    w, changes, _ = started(reg)
+    try:
+        reg.streams.get(timeout=5)
+        assert changes.acquire(timeout=5)
+        assert w.apply(WatchBatch(11, puts=[kv(2)])) is False
+        assert w.apply(WatchBatch(12, puts=[kv(2, lease_id=10)])) is True  # new etcd lease id
+    finally:
+        w.stop()
+
+
+def test_a_broken_stream_resumes_from_the_last_revision_and_counts_a_reconnect():
+    reg = FakeRegistry((10, [kv(2)]))
+    w, changes, _ = started(reg)
+    try:
+        send = reg.streams.get(timeout=5)
+        send(WatchBatch(15, puts=[kv(3)]))
+        send(RegistryUnavailableError("etcd gone"))
+        reg.streams.get(timeout=5)
+        assert reg.watch_starts == [11, 16] and reg.lists == 1
+        assert w.metrics.get("etcd_reconnects_total") == 1 and reg.resets == 1
+        assert "10.244.3.0-24" in keys(w)  # nothing forgotten while disconnected
+    finally:
+        w.stop()
+
+
+def test_compaction_lists_again_and_diffs_the_snapshot():
+    reg = FakeRegistry((10, [kv(1), kv(2)]))
+    w, changes, own = started(reg)
+    try:
+        send = reg.streams.get(timeout=5)
+        assert changes.acquire(timeout=5)
+        reg.listing = (50, [kv(2), kv(4)])  # 1 vanished and 4 appeared while we were away
+        send(CompactedError(40))
+        reg.streams.get(timeout=5)
+        assert keys(w) == ["10.244.2.0-24", "10.244.4.0-24"] and reg.lists == 2
+        assert reg.watch_starts[-1] == 51 and own.acquire(timeout=5)  # our key vanished
+    finally:
+        w.stop()
+
+
+def test_an_unreadable_lease_value_is_skipped():
+    reg = FakeRegistry((10, [kv(1), KeyValue("10.244.9.0-24", b"not json", 1, 1)]))
+    w, changes, _ = started(reg)
+    try:
+        reg.streams.get(timeout=5)
+        assert changes.acquire(timeout=5) and keys(w) == ["10.244.1.0-24"]
+    finally:
+        w.stop()
