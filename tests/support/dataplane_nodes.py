@@ -168,3 +168,45 @@ def wait_woken(state: dict, timeout: float) -> bool:
     hit = woken.wait(timeout)
     woken.clear()
     return hit
+
+
+# ---------------------------------------------------------------- a cluster of backends
+
+
+def start_nodes(underlay: Underlay, bridges: list[str], netconf: dict, state_root: str,
+                ) -> list[Node]:
+    """One node per entry of `bridges`, each with a prepared and configured backend,
+    lease 10.244.<i+1>.0/24 (and fc00:0:0:<i+1>::/64 with EnableIPv6) and a `cni0`
+    holding the subnet's .1 as a pod-like ping target."""
+    import json
+
+    from conf.flannel import Lease
+
+    nodes = [underlay.add_node(b) for b in bridges]
+    dual = netconf.get("EnableIPv6", False)
+    for i, node in enumerate(nodes, start=1):
+        w = node.start_worker()
+        w.call(make_backend, json.dumps(netconf), "eth0", f"{state_root}/node{i}")
+        attrs = w.call(backend_call, "prepare")
+        node.lease = Lease(subnet=f"10.244.{i}.0/24", attrs=attrs,
+                           ipv6_subnet=f"fc00:0:0:{i}::/64" if dual else None)
+        w.call(backend_call, "configure", node.lease)
+        node.ns.run("ip", "link", "add", "cni0", "type", "bridge")
+        node.ns.run("ip", "addr", "add", f"10.244.{i}.1/24", "dev", "cni0")
+        if dual:
+            node.ns.run("ip", "addr", "add", f"fc00:0:0:{i}::1/64", "dev", "cni0", "nodad")
+        node.ns.run("ip", "link", "set", "cni0", "up")
+    return nodes
+
+
+def reconcile(node: Node, nodes: list[Node]):
+    return node.worker.call(backend_call, "reconcile", node.lease, [n.lease for n in nodes])
+
+
+def lines(node: Node, *cmd: str) -> set[str]:
+    return {line.strip() for line in node.ns.out(*cmd).splitlines() if line.strip()}
+
+
+def ping(node: Node, src: str, dst: str) -> bool:
+    six = ["-6"] if ":" in dst else []
+    return node.ns.run("ping", *six, "-c", "3", "-i", "0.2", "-W", "2", "-I", src, dst, check=False).returncode == 0
