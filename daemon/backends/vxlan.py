@@ -2,7 +2,7 @@
 
 How it works. The node owns one VXLAN device per address family, `flannel.<VNI>`
 (IPv4) and `flannel-v6.<VNI>` (IPv6): `nolearning`, local = the uplink's address,
-dstport 8472 unless `Backend.Port` says otherwise, MTU = uplink MTU - 50, and the
+dstport 8472 unless `Backend.Port` says otherwise, MTU = uplink MTU - 50 (- 70 with IPv6), and the
 lease subnet's network address as a /32 (/128) - the source of host-to-pod
 traffic. Its MAC is set at creation, kept in `<state_dir>/<device>.mac` and
 otherwise derived from the public IP, so it survives restarts and reboots and
@@ -55,7 +55,10 @@ class VxlanBackend(Backend):
     def __init__(self, netconf, node, state_dir):
         super().__init__(netconf, node, state_dir)
         cfg = netconf.backend
-        self.mtu = cfg.mtu or node.iface_mtu - VXLAN_OVERHEAD
+        # an IPv6 underlay header is 20 bytes longer: the kernel caps flannel-v6.<VNI> at
+        # uplink - 70, and pods carrying both families must fit the smaller VTEP
+        overhead = VXLAN_OVERHEAD + (20 if netconf.enable_ipv6 else 0)
+        self.mtu = cfg.mtu or node.iface_mtu - overhead
         self.specs: list[VtepSpec] = []
         if netconf.enable_ipv4:
             if not node.iface_ip:
