@@ -1,14 +1,37 @@
 """Fixtures for the e2e tier: clusters that are always removed, even when a test fails."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import pytest
 
 from tests.e2e.cluster import Cluster, ClusterSpec
-from tests.support.netns import leftover_namespaces
 
 # (backend, DirectRouting): the three data planes every scenario runs on.
 DATA_PLANES = [("vxlan", False), ("vxlan", True), ("host-gw", False)]
 DATA_PLANE_IDS = ["vxlan", "vxlan-directrouting", "host-gw"]
+
+
+def spec_for(data_plane: tuple[str, bool], nodes: int = 2, routed: int = 1,
+             **kw) -> ClusterSpec:
+    """A cluster spec for a data plane; host-gw gets no routed node (it cannot reach one)."""
+    backend, direct = data_plane
+    if backend == "host-gw":
+        nodes, routed = nodes + routed, 0
+    return ClusterSpec(backend=backend, direct_routing=direct, nodes=nodes, routed_nodes=routed,
+                       **kw)
+
+
+@contextlib.contextmanager
+def started_cluster(spec: ClusterSpec) -> Iterator[Cluster]:
+    """A started cluster, closed afterwards; fails the test if anything is left behind."""
+    cluster = Cluster(spec)
+    try:
+        yield cluster.start()
+    finally:
+        leftovers = cluster.close()
+        assert not leftovers, f"cluster teardown left: {leftovers}"
 
 
 @pytest.fixture
@@ -29,12 +52,3 @@ def make_cluster():
 @pytest.fixture(params=DATA_PLANES, ids=DATA_PLANE_IDS)
 def data_plane(request) -> tuple[str, bool]:
     return request.param
-
-
-@pytest.fixture(scope="session", autouse=True)
-def no_leftover_namespaces():
-    """After the whole e2e run, no `flt-` namespace may remain."""
-    before = set(leftover_namespaces())
-    yield
-    left = set(leftover_namespaces()) - before
-    assert not left, f"e2e left namespaces behind: {sorted(left)}"

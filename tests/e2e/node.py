@@ -152,7 +152,7 @@ class Node:
         return {"routes": sh("ip", "route", "show"),
                 "neigh": sh("ip", "neigh", "show", "nud", "permanent"),
                 "fdb": sh("bridge", "fdb", "show", "dev", "flannel.1"),
-                "vtep": sh("ip", "-d", "-br", "link", "show", "dev", "flannel.1")}
+                "vtep": sh("ip", "-o", "link", "show", "dev", "flannel.1")}  # ifindex: recreated?
 
     def describe(self) -> str:
         plane = self.data_plane()

@@ -34,6 +34,13 @@ class Attachment:
     port: str  # the veth end in the underlay netns (capture here to see the node's traffic)
     routes: list[tuple[str, str]]  # (destination, via) to add inside the node
 
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_interface(f"{self.ip}/{self.prefixlen}").network
+
+    def on_link_with(self, other: "Attachment") -> bool:
+        return self.network == other.network
+
 
 class Underlay:
     def __init__(self, stem: str, with_router: bool, resources: Resources):
