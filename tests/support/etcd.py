@@ -3,7 +3,9 @@
 `EtcdServer(ns, ip)` starts etcd in `ns` on ip:port with a throwaway data dir; the
 test's own process reaches it only from inside a namespace (`ns.run("etcdctl", ...)`
 or a daemon started with `ip netns exec`), never through the root namespace.
-TLS and auth can be layered on by passing extra etcd flags and a scheme.
+TLS and auth can be layered on by passing extra etcd flags and a scheme, or with
+`EtcdServer.with_tls(ns, ip, pki)` (client certificates required) and
+`enable_auth(user, password, prefix)` (a user whose role may read/write the prefix only).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import subprocess
 import tempfile
 import time
 
+from tests.support.certs import Pki
 from tests.support.netns import NetNS
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -29,6 +32,30 @@ class EtcdServer:
         self.ctl_args = ctl_args  # e.g. --cacert/--cert/--key/--user for etcdctl
         self.data_dir = tempfile.mkdtemp(prefix="flt-etcd-")
         self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def with_tls(cls, ns: NetNS, ip: str, pki: Pki, port: int = 2379) -> "EtcdServer":
+        """etcd that only accepts clients presenting a certificate signed by pki.ca."""
+        return cls(ns, ip, port, scheme="https",
+                   extra_args=("--cert-file", pki.server_cert, "--key-file", pki.server_key,
+                               "--trusted-ca-file", pki.ca, "--client-cert-auth"),
+                   ctl_args=("--cacert", pki.ca, "--cert", pki.client_cert,
+                             "--key", pki.client_key))
+
+    def enable_auth(self, user: str, password: str, prefix: str,
+                    root_password: str = "flt-root-pw") -> None:
+        """Turn on auth: `root` for the tests' etcdctl, `user` with read/write on prefix only.
+
+        These are the etcdctl commands the README documents for operators.
+        """
+        role = f"{user}-role"
+        self.ctl("user", "add", f"root:{root_password}")
+        self.ctl("role", "add", role)
+        self.ctl("role", "grant-permission", role, "--prefix=true", "readwrite", prefix + "/")
+        self.ctl("user", "add", f"{user}:{password}")
+        self.ctl("user", "grant-role", user, role)
+        self.ctl("auth", "enable")
+        self.ctl_args = (*self.ctl_args, "--user", f"root:{root_password}")
 
     @property
     def endpoint(self) -> str:

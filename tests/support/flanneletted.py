@@ -1,0 +1,162 @@
+"""Real flanneletted processes in netns "nodes" on a small underlay, for daemon tests.
+
+    underlay netns: br0 10.77.0.254/24, etcd listens there
+        |-- node 1: eth0 10.77.0.11/24, default via .254, runs `python -m daemon.main`
+        |-- node 2: eth0 10.77.0.12/24 ...
+
+Everything is inside `flt-` namespaces and a temporary directory; `close()` removes it all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Optional
+
+from conf.flannel import SubnetEnv, load_subnet_env
+from tests.support.etcd import EtcdServer
+from tests.support.netns import NetNS, link_netns
+
+ETCD_IP = "10.77.0.254"
+PREFIX = "/coreos.com/network"
+HEALTHZ_PORT = 8471
+VXLAN_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
+ALLOC_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "alloc"}}'
+
+
+class Underlay:
+    """The switch namespace (bridge br0) and the nodes' directory."""
+
+    def __init__(self):
+        self.ns = NetNS()
+        self.dir = tempfile.mkdtemp(prefix="flt-daemon-")
+        self.nodes: list[DaemonNode] = []
+        self.etcd: Optional[EtcdServer] = None
+        self.ns.run("ip", "link", "add", "br0", "type", "bridge")
+        self.ns.run("ip", "link", "set", "br0", "up")
+        self.ns.run("ip", "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
+
+    def start_etcd(self, etcd: Optional[EtcdServer] = None) -> EtcdServer:
+        self.etcd = (etcd or EtcdServer(self.ns, ETCD_IP)).start()
+        return self.etcd
+
+    def node(self) -> "DaemonNode":
+        node = DaemonNode(self, len(self.nodes) + 1)
+        self.nodes.append(node)
+        return node
+
+    def python(self, code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run Python (this venv, this repo) inside the underlay namespace."""
+        return self.ns.run(sys.executable, "-c", code, *args, timeout=timeout, check=False)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+        if self.etcd is not None:
+            self.etcd.close()
+        self.ns.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DaemonNode:
+    def __init__(self, underlay: Underlay, index: int):
+        self.underlay, self.index = underlay, index
+        self.ip = f"10.77.0.{10 + index}"
+        self.ns = NetNS()
+        self.dir = os.path.join(underlay.dir, f"node{index}")
+        os.makedirs(self.dir)
+        self.subnet_file = os.path.join(self.dir, "subnet.env")
+        self.state_dir = os.path.join(self.dir, "state")
+        self.cni_socket = os.path.join(self.dir, "cni.sock")
+        self.log_path = os.path.join(self.dir, "flanneletted.log")
+        self.proc: Optional[subprocess.Popen] = None
+        link_netns(self.ns, underlay.ns, "eth0", f"n{index}-{self.ns.name[-4:]}")
+        underlay.ns.run("ip", "link", "set", f"n{index}-{self.ns.name[-4:]}", "master", "br0")
+        self.ns.run("ip", "addr", "add", f"{self.ip}/24", "dev", "eth0")
+        self.ns.run("ip", "route", "add", "default", "via", ETCD_IP)
+
+    def argv(self, *extra: str) -> list[str]:
+        etcd = self.underlay.etcd
+        endpoint = etcd.endpoint if etcd else f"http://{ETCD_IP}:2379"
+        return [sys.executable, "-m", "daemon.main", "--etcd-endpoints", endpoint,
+                "--iface", "eth0", "--subnet-file", self.subnet_file, "--state-dir", self.state_dir,
+                "--cni-socket", "", "--healthz-ip", "127.0.0.1", "--healthz-port", str(HEALTHZ_PORT),
+                "--reconcile-interval", "1", *extra]
+
+    def start(self, *extra: str) -> "DaemonNode":
+        with open(self.log_path, "ab") as log:
+            self.proc = self.ns.popen(*self.argv(*extra), stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0, since: float = 0.0) -> SubnetEnv:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise AssertionError(f"flanneletted on node{self.index} exited:\n{self.log()}")
+            try:
+                if os.stat(self.subnet_file).st_mtime >= since and self.http("/readyz")[0] == 200:
+                    return load_subnet_env(self.subnet_file)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node{self.index} not ready in {timeout}s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"flanneletted on node{self.index} still runs:\n{self.log()}") from None
+
+    def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-6000:]
+        except OSError:
+            return "(no log)"
+
+    def http(self, path: str) -> tuple[int, str]:
+        out = self.ns.run("curl", "-s", "-m", "5", "-w", "\n%{http_code}",
+                          f"http://127.0.0.1:{HEALTHZ_PORT}{path}", check=False).stdout.decode()
+        body, _, code = out.rpartition("\n")
+        return int(code or 0), body
+
+    def metric(self, name: str, **labels: str) -> float:
+        wanted = "flannelette_" + name
+        if labels:
+            wanted += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+        for line in self.http("/metrics")[1].splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def ip_json(self, *args: str) -> list[dict]:
+        out = self.ns.out("ip", "-j", *args)
+        return json.loads(out) if out.strip() else []
+
+    def bridge_json(self, *args: str) -> list[dict]:
+        out = self.ns.out("bridge", "-j", *args)
+        return json.loads(out) if out.strip() else []
+
+    def close(self) -> None:
+        self.stop(signal.SIGKILL)
+        self.ns.close()
