@@ -113,8 +113,8 @@ def exchange(path, request, fd=-1):
     try:
         try:
             sock.connect(path)
-            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
-            sent = sock.sendmsg([request], rights if fd >= 0 else [], _socket.MSG_NOSIGNAL)
+            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))] if fd >= 0 else []
+            sent = sock.sendmsg([request], rights, _socket.MSG_NOSIGNAL)
             if sent < len(request):
                 sock.sendall(request[sent:], _socket.MSG_NOSIGNAL)
         except OSError:
@@ -146,12 +146,11 @@ def version_reply(config):
     return ('{"cniVersion":%s,"supportedVersions":[%s]}\n' % (_json_str(version), listed)).encode()
 
 
-def try_again_reply(config, why):
+def error_reply(config, code, msg):
     version = config.get("cniVersion")
     if type(version) is not str or not version:
         version = SUPPORTED_VERSIONS[-1]
-    msg = "the flannelette daemon went away mid-request (%s); retry the operation" % why
-    return ('{"cniVersion":%s,"code":11,"msg":%s}\n' % (_json_str(version), _json_str(msg))).encode()
+    return ('{"cniVersion":%s,"code":%d,"msg":%s}\n' % (_json_str(version), code, _json_str(msg))).encode()
 
 
 def write_out(data):
@@ -160,14 +159,32 @@ def write_out(data):
         view = view[posix.write(1, view):]
 
 
+def _enable_frozen_pkgutil():
+    """In the PyInstaller build, PyInstaller's pkgutil runtime hook is left out of start-up
+    (it imports ~40 modules, ~15 ms per call) and run here instead: pyroute2 lists its
+    link-kind plugins with pkgutil.iter_modules. packaging/flannelette.spec bundles it."""
+    hook = sys._MEIPASS + "/flannelette-slowpath/pyi_rth_pkgutil.py"
+    with open(hook) as f:
+        exec(compile(f.read(), hook, "exec"), {"__name__": "__main__", "__file__": hook})
+
+
 def run_in_process(stdin, fd=-1):
     """The slow path: the same handlers, in this process. Does not return."""
     if fd >= 0:
         posix.close(fd)  # the handlers open CNI_NETNS themselves, as the daemon cannot here
-    import os
-    from conf.dispatch import run
-    from cni_plugin.handlers import HANDLERS
-    status, out = run(HANDLERS, dict(os.environ), stdin)
+    try:
+        if getattr(sys, "frozen", False):
+            _enable_frozen_pkgutil()
+        import os
+        from cni_plugin import main as inproc
+        import cni_plugin.handlers  # noqa: F401  (imported here so a broken bundle is reported)
+    except Exception as e:  # a broken install: say so as a CNI error, not a traceback
+        config = parse_json(stdin) or {}
+        write_out(error_reply(config, 999, "flannelette cannot load its in-process plugin stack: %s: %s"
+                              % (type(e).__name__, e)))
+        sys.exit(1)
+    inproc.setup_stderr_logging(inproc.PROG)
+    status, out = inproc.serve(dict(os.environ), stdin)
     write_out(out)
     sys.exit(status)  # a normal exit, so the in-process stack can flush its logs
 
@@ -187,7 +204,8 @@ def run_cni():
     try:
         reply = exchange(path, encode_request(OP_CNI, cni_environ(), stdin), fd)
     except ConnectionError as e:
-        write_out(try_again_reply(config, e.args[0]))
+        write_out(error_reply(config, 11, "the flannelette daemon went away mid-request (%s); "
+                                          "retry the operation" % e.args[0]))
         return 1
     except OSError:
         reply = None

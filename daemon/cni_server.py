@@ -240,6 +240,7 @@ class CniServer:
             return encode_reply(1, _error_json(4, f"unknown fast-path operation {op!r}"))
         with self._containers.hold(env.get("CNI_CONTAINERID", "")):
             status, out = dispatch.run(self.handlers, env, stdin, fd)
+        log.debug("served %s for container %r: exit %d", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID"), status)
         return encode_reply(status, out)
 
     def _status_reply(self) -> bytes:
@@ -271,7 +272,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("flannelette").setLevel(args.log_level.upper())  # not pyroute2's debug flood
     from cni_plugin.handlers import HANDLERS
 
     stop = threading.Event()
