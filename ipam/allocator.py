@@ -92,7 +92,7 @@ def make_range_sets(specs: Sequence[Sequence[IpamRange]], where: str = "ipam.ran
     for i, spec_set in enumerate(specs):
         built = []
         for j, spec in enumerate(spec_set):
-            name = f"{where}[{i}][{j}]"
+            name = f"{where}.{i}.{j}"
             r = make_range(spec, name)
             for other_name, other in seen:
                 if r.overlaps(other):

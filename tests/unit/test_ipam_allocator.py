@@ -42,10 +42,10 @@ def test_canonical_range_defaults_like_host_local():
 
 
 @pytest.mark.parametrize("spec,field", [
-    ({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.0"}, "ipam.ranges[0][0].rangeStart"),
-    ({"subnet": "10.1.0.0/24", "rangeEnd": "10.1.0.255"}, "ipam.ranges[0][0].rangeEnd"),
-    ({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.255"}, "ipam.ranges[0][0].rangeStart"),
-    ({"subnet": "fc00::/120", "rangeStart": "fc00::"}, "ipam.ranges[0][0].rangeStart"),
+    ({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.0"}, "ipam.ranges.0.0.rangeStart"),
+    ({"subnet": "10.1.0.0/24", "rangeEnd": "10.1.0.255"}, "ipam.ranges.0.0.rangeEnd"),
+    ({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.255"}, "ipam.ranges.0.0.rangeStart"),
+    ({"subnet": "fc00::/120", "rangeStart": "fc00::"}, "ipam.ranges.0.0.rangeStart"),
 ])
 def test_range_bounds_are_checked_naming_the_field(spec, field):
     code, msg = error_of(sets, [spec])
@@ -54,7 +54,7 @@ def test_range_bounds_are_checked_naming_the_field(spec, field):
 
 def test_overlapping_ranges_are_refused_across_sets():
     code, msg = error_of(sets, [{"subnet": "10.1.0.0/24"}], [{"subnet": "10.1.0.0/25"}])
-    assert code == 7 and "ipam.ranges[1][0]" in msg and "overlaps ipam.ranges[0][0]" in msg
+    assert code == 7 and "ipam.ranges.1.0" in msg and "overlaps ipam.ranges.0.0" in msg
 
 
 # ---------------------------------------------------------------- allocation
