@@ -280,7 +280,7 @@ class Daemon:
                 raise FatalError(f"etcd refused {what}: {e}") from None
             except RegistryUnavailableError as e:
                 log.warning("etcd unavailable, retrying what=%r seconds=%.1f error=%s", what, delay, e)
-                self.metrics.inc("etcd_reconnects_total")
+                self.metrics.inc("errors_total", where="etcd")
                 self.registry.reset()
             except LeaseError as e:
                 raise FatalError(str(e)) from None

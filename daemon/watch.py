@@ -45,6 +45,7 @@ class LeaseWatcher:
         self.on_change, self.own_key, self.on_own_key = on_change, own_key, on_own_key
         self.revision = 0
         self.connected = False
+        self._broken = False  # the watch broke and is not re-established yet
         self._known: dict[str, KnownLease] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -150,9 +151,9 @@ class LeaseWatcher:
     def _disconnected(self, e: RegistryError) -> None:
         if self.connected:
             log.warning("etcd watch broke, keeping the data plane as it is error=%s", e)
+            self._broken = True
         self.connected = False
         self.metrics.set("etcd_connected", 0)
-        self.metrics.inc("etcd_reconnects_total")
         self.registry.reset()
 
     def _follow(self) -> None:
@@ -162,6 +163,9 @@ class LeaseWatcher:
         cancel = self.registry.watch_leases(self.revision + 1, events.put)
         if not self.connected:
             log.info("watching leases start_revision=%d", self.revision + 1)
+            if self._broken:
+                self.metrics.inc("etcd_reconnects_total")
+                self._broken = False
         self.connected = True
         self.metrics.set("etcd_connected", 1)
         try:

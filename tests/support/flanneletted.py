@@ -45,8 +45,8 @@ class Underlay:
         self.etcd = (etcd or EtcdServer(self.ns, ETCD_IP)).start()
         return self.etcd
 
-    def node(self) -> "DaemonNode":
-        node = DaemonNode(self, len(self.nodes) + 1)
+    def node(self, ipv6: bool = False) -> "DaemonNode":
+        node = DaemonNode(self, len(self.nodes) + 1, ipv6)
         self.nodes.append(node)
         return node
 
@@ -64,9 +64,10 @@ class Underlay:
 
 
 class DaemonNode:
-    def __init__(self, underlay: Underlay, index: int):
+    def __init__(self, underlay: Underlay, index: int, ipv6: bool = False):
         self.underlay, self.index = underlay, index
         self.ip = f"10.77.0.{10 + index}"
+        self.ipv6 = f"fd77::{10 + index}" if ipv6 else None
         self.ns = NetNS()
         self.dir = os.path.join(underlay.dir, f"node{index}")
         os.makedirs(self.dir)
@@ -79,6 +80,8 @@ class DaemonNode:
         underlay.ns.run("ip", "link", "set", f"n{index}-{self.ns.name[-4:]}", "master", "br0")
         self.ns.run("ip", "addr", "add", f"{self.ip}/24", "dev", "eth0")
         self.ns.run("ip", "route", "add", "default", "via", ETCD_IP)
+        if self.ipv6:
+            self.ns.run("ip", "addr", "add", f"{self.ipv6}/64", "dev", "eth0", "nodad")
 
     def argv(self, *extra: str) -> list[str]:
         etcd = self.underlay.etcd
