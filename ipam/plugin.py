@@ -74,11 +74,15 @@ def plan_ranges(ipam: IpamConf) -> Plan:
     if ipam.ranges:
         return Plan(make_range_sets(ipam.ranges), list(ipam.routes or []))
     env = load_subnet_env(ipam.subnet_file)
+    range_sets = range_sets_from_subnet_env(env)
     if ipam.routes is not None:
-        routes = list(ipam.routes)
-    else:  # flannel's delegate gets one route per cluster network
-        routes = [Route(dst=str(n)) for n in (*env.networks, *env.ipv6_networks)]
-    return Plan(range_sets_from_subnet_env(env), routes)
+        return Plan(range_sets, list(ipam.routes))
+    # One route per cluster network, as flannel gives host-local, but with the gateway
+    # spelled out: the reference bridge's CHECK only finds routes whose gw matches.
+    gateways = {rs[0].gateway.version: str(rs[0].gateway) for rs in range_sets}
+    routes = [Route(dst=str(n), gw=gateways.get(n.version, ""))
+              for n in (*env.networks, *env.ipv6_networks)]
+    return Plan(range_sets, routes)
 
 
 def _parse_ip(value: Any, field: str, error: type[CniError]) -> IPAddr:

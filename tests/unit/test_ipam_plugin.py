@@ -50,7 +50,7 @@ def test_add_result_has_address_gateway_and_flannel_route(node):
     status, out = node.call("ADD")
     assert status == 0
     assert out == {"cniVersion": "1.1.0", "ips": [{"address": "10.244.1.2/24", "gateway": "10.244.1.1"}],
-                   "routes": [{"dst": "10.244.0.0/16"}], "dns": {}}
+                   "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.1.1"}], "dns": {}}
     assert node.held() == {"10.244.1.2": "c1\r\neth0"}
 
 
@@ -65,7 +65,8 @@ def test_dual_stack_from_subnet_env(tmp_path):
     assert status == 0
     assert out["ips"] == [{"address": "10.244.1.2/24", "gateway": "10.244.1.1"},
                           {"address": "fc00:0:0:1::2/64", "gateway": "fc00:0:0:1::1"}]
-    assert out["routes"] == [{"dst": "10.244.0.0/16"}, {"dst": "fc00::/48"}]
+    assert out["routes"] == [{"dst": "10.244.0.0/16", "gw": "10.244.1.1"},
+                             {"dst": "fc00::/48", "gw": "fc00:0:0:1::1"}]
 
 
 def test_add_twice_returns_the_same_address(node):
