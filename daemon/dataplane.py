@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
 from daemon import kernel
 from daemon import netlink as nl
-from daemon.planner import HOST_GW, VXLAN, Plan, Topology, diff, plan
+from daemon.planner import HOST_GW, VXLAN, Plan, Topology, diff, ip_text, lease_key, plan
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class Backend:
 
     def programmed(self, lease: Lease) -> bool:
         """True when every object for `lease` is in the kernel as of the last reconcile."""
-        return self._programmed.get(lease.key, False)
+        return self._programmed.get(lease_key(lease), False)
 
     def watch_kernel(self, callback: Callable[[], None]) -> "threading.Thread":
         """Start a thread that calls `callback()` when our devices or entries change."""
@@ -165,9 +165,9 @@ def _peer_ips(own: Optional[Lease], leases: list[Lease], topo: Topology) -> list
         if own is not None and lease.subnet == own.subnet:
             continue
         if topo.ipv4:
-            ips.add(str(lease.attrs.public_ip))
+            ips.add(ip_text(lease.attrs.public_ip))
         if topo.ipv6 and lease.attrs.public_ipv6 is not None:
-            ips.add(str(lease.attrs.public_ipv6))
+            ips.add(ip_text(lease.attrs.public_ipv6))
     return sorted(ips)
 
 

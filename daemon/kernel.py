@@ -52,13 +52,15 @@ def read_state(sock: nl.RtnlSocket, devs: Devices, ipv4: bool, ipv6: bool) -> Ke
     families = [f for f, on in ((socket.AF_INET, ipv4), (socket.AF_INET6, ipv6)) if on]
     if vtep_idx:
         for family in families:
-            for n in sock.neighbours(family):
-                if n.ifindex in vtep_idx and n.state & nl.NUD_PERMANENT and n.ip and n.mac:
-                    neigh = Neigh(devs.name(n.ifindex), n.ip, n.mac)
-                    state.neighs[(neigh.dev, neigh.ip)] = neigh
-        for n in sock.neighbours(nl.AF_BRIDGE):
-            if n.ifindex in vtep_idx and n.ip and n.mac and n.mac != _ZERO_MAC:
-                state.fdbs.append(Fdb(devs.name(n.ifindex), n.mac, n.ip))
+            dumped = sock.dump(nl.RTM_GETNEIGH, family)
+            for ifindex, ip, mac, st in nl.neigh_rows(dumped, vtep_idx):
+                if st & nl.NUD_PERMANENT and ip and mac:
+                    neigh = Neigh(devs.by_index[ifindex], ip, mac)
+                    state.neighs[(neigh.dev, ip)] = neigh
+        dumped = sock.dump(nl.RTM_GETNEIGH, nl.AF_BRIDGE)
+        for ifindex, ip, mac, _st in nl.neigh_rows(dumped, vtep_idx):
+            if ip and mac and mac != _ZERO_MAC:
+                state.fdbs.append(Fdb(devs.by_index[ifindex], mac, ip))
     uplink_idx = devs.by_name.get(devs.uplink)
     for family in families:
         for r in sock.routes(family):
@@ -77,34 +79,15 @@ def _inside(dst: str, networks) -> bool:
 
 def apply(sock: nl.RtnlSocket, ch: Changes, devs: Devices) -> ApplyResult:
     """Send every change as one ordered batch; a removal of something already gone is fine."""
-    idx = devs.by_name
-    objects: list[tuple[object, bool]] = []  # (object, is_removal) per request
-    requests: list[bytes] = []
-
-    def put(obj, removal: bool, req: bytes) -> None:
-        objects.append((obj, removal))
-        requests.append(req)
-
-    for n in ch.set_neighs:
-        put(n, False, nl.neigh_replace(idx[n.dev], n.ip, n.mac))
-    for f in ch.del_stale_fdbs:
-        put(f, True, nl.fdb_delete(idx[f.dev], f.mac, f.dst))
-    for f in ch.set_fdbs:
-        put(f, False, nl.fdb_replace(idx[f.dev], f.mac, f.dst))
-    for r in ch.set_routes:
-        addr, plen = r.dst.split("/")
-        put(r, False, nl.route_replace(addr, int(plen), r.gateway, idx[r.dev], r.onlink))
-    for r in ch.del_routes:
-        addr, plen = r.dst.split("/")
-        put(r, True, nl.route_delete(addr, int(plen)))
-    for f in ch.del_fdbs:
-        if f.dev in idx:
-            put(f, True, nl.fdb_delete(idx[f.dev], f.mac, f.dst))
-    for n in ch.del_neighs:
-        if n.dev in idx:
-            put(n, True, nl.neigh_delete(idx[n.dev], n.ip, n.mac))
+    # (object, is_removal) in apply order: neighbour, FDB, route; removals in reverse
+    objects = [(n, False) for n in ch.set_neighs] + [(f, True) for f in ch.del_stale_fdbs]
+    objects += [(f, False) for f in ch.set_fdbs] + [(r, False) for r in ch.set_routes]
+    objects += [(r, True) for r in ch.del_routes]
+    objects += [(f, True) for f in ch.del_fdbs if f.dev in devs.by_name]
+    objects += [(n, True) for n in ch.del_neighs if n.dev in devs.by_name]
+    requests = (_encode(obj, removal, devs.by_name) for obj, removal in objects)
     result = ApplyResult()
-    if not requests:
+    if not objects:
         return result
     failures, _ = sock.send_batch(requests)
     bad = set()
@@ -114,8 +97,21 @@ def apply(sock: nl.RtnlSocket, ch: Changes, devs: Devices) -> ApplyResult:
             continue
         bad.add(index)
         result.failed.append((obj, err))
-    result.applied = len(requests) - len(bad)
+    result.applied = len(objects) - len(bad)
     return result
+
+
+def _encode(obj, removal: bool, idx: dict[str, int]) -> bytes:
+    if isinstance(obj, Route):
+        addr, plen = obj.dst.split("/")
+        if removal:
+            return nl.route_delete(addr, int(plen))
+        return nl.route_replace(addr, int(plen), obj.gateway, idx[obj.dev], obj.onlink)
+    if isinstance(obj, Fdb):
+        encode = nl.fdb_delete if removal else nl.fdb_replace
+        return encode(idx[obj.dev], obj.mac, obj.dst)
+    encode = nl.neigh_delete if removal else nl.neigh_replace
+    return encode(idx[obj.dev], obj.ip, obj.mac)
 
 
 def directly_connected(sock: nl.RtnlSocket, ips: list[str], uplink_index: int) -> set[str]:

@@ -9,10 +9,11 @@ sequence number) and one ACKed message closes each batch. Dumps are parsed with
 """
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 # message types and flags (linux/rtnetlink.h, linux/netlink.h)
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -45,6 +46,7 @@ _RTMSG = struct.Struct("=BBBBBBBBI")
 _NDMSG = struct.Struct("=BxxxiHBB")
 _IFINFO = struct.Struct("=BxHiII")
 _U32 = struct.Struct("=I")
+_U16 = struct.Struct("=H")
 _ROUTE4 = struct.Struct("=IHHII BBBBBBBBI HHI HH4s HH4s HHi")
 _ROUTE6 = struct.Struct("=IHHII BBBBBBBBI HHI HH16s HH16s HHi")
 _DELROUTE4 = struct.Struct("=IHHII BBBBBBBBI HHI HH4s")
@@ -228,6 +230,32 @@ def parse_neigh(buf: bytes, off: int, end: int) -> NeighInfo:
     return NeighInfo(family, ifindex, ip, mac, state, nflags)
 
 
+def neigh_rows(dumped: list[tuple[bytes, int, int]], ifindexes) -> Iterator[tuple]:
+    """(ifindex, ip, mac, state) of dumped neighbours/FDB entries on `ifindexes`.
+
+    The hot read of a reconcile (two dumps of N entries): ifindex is checked before
+    any attribute is decoded, and attributes are walked inline.
+    """
+    unpack_nd, unpack_attr = _NDMSG.unpack_from, _ATTR.unpack_from
+    ntop, inet, inet6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+    for buf, off, end in dumped:
+        _family, ifindex, state, _flags, _type = unpack_nd(buf, off)
+        if ifindex not in ifindexes:
+            continue
+        ip = mac = ""
+        a = off + 12
+        while a + 4 <= end:
+            alen, atype = unpack_attr(buf, a)
+            if alen < 4:
+                break
+            if atype == NDA_DST:
+                ip = ntop(inet if alen == 8 else inet6, buf[a + 4:a + alen])
+            elif atype == NDA_LLADDR:
+                mac = buf[a + 4:a + alen].hex(":")
+            a += (alen + 3) & ~3
+        yield ifindex, ip, mac, state
+
+
 def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int, str]:
     """(ifindex, IFF_* flags, name) of an RTM_NEWLINK/DELLINK payload."""
     _family, _type, index, flags, _change = _IFINFO.unpack_from(buf, off)
@@ -273,27 +301,32 @@ class RtnlSocket:
         self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
         return self.seq
 
-    def send_batch(self, requests: list[bytes], expect_reply: bool = False) -> tuple[list[Failure], dict[int, tuple]]:
+    def send_batch(self, requests: Iterable[bytes], expect_reply: bool = False,
+                   ) -> tuple[list[Failure], dict[int, RouteInfo]]:
         """Send requests in batches; return failures and, for GET requests, the replies by index.
 
         Success ACKs are not requested except on each batch's last message, which
         acts as a barrier: the kernel handles a datagram's messages in order, so once
-        that ACK (or error) arrives every earlier answer has been read.
+        that ACK (or error) arrives every earlier answer has been read. `requests`
+        may be a generator: only one batch is encoded at a time.
         """
         failures: list[Failure] = []
-        replies: dict[int, tuple] = {}
-        for start in range(0, len(requests), self.BATCH):
-            chunk = requests[start:start + self.BATCH]
-            first = self.seq + 1
-            parts = []
-            for i, req in enumerate(chunk):
-                _len, mtype, flags, _seq, _pid = _HDR.unpack_from(req, 0)
-                if i == len(chunk) - 1 and not expect_reply:
-                    flags |= F_ACK
-                parts.append(_HDR.pack(len(req), mtype, flags, self._next_seq(), 0) + req[16:])
-            self.sock.send(b"".join(parts))
+        replies: dict[int, RouteInfo] = {}
+        it, start = iter(requests), 0
+        while True:
+            chunk = list(itertools.islice(it, self.BATCH))
+            if not chunk:
+                return failures, replies
+            buf = bytearray(b"".join(chunk))
+            first, off = self.seq + 1, 0
+            for req in chunk:  # patch sequence numbers in place
+                _U32.pack_into(buf, off + 8, self._next_seq())
+                last_off, off = off, off + len(req)
+            if not expect_reply:
+                _U16.pack_into(buf, last_off + 6, _U16.unpack_from(buf, last_off + 6)[0] | F_ACK)
+            self.sock.send(buf)
             self._collect(first, self.seq, start, failures, replies, expect_reply)
-        return failures, replies
+            start += len(chunk)
 
     def _collect(self, first: int, last: int, base: int, failures: list[Failure],
                  replies: dict[int, tuple], expect_reply: bool) -> None:

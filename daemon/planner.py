@@ -9,6 +9,7 @@ Devices are named, not indexed, so a recreated flannel.1 changes nothing here.
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
@@ -75,6 +76,24 @@ class Plan:
         return len(self.neighs) + len(self.fdbs) + len(self.routes)
 
 
+def ip_text(addr) -> str:
+    """str(ip_address) at a tenth of the cost, and spelled as the kernel dumps read back."""
+    packed = addr.packed
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def net_text(net) -> str:
+    return f"{ip_text(net.network_address)}/{net.prefixlen}"
+
+
+def lease_key(lease: Lease) -> str:
+    """The flannel subnet key (`10.244.1.0-24[&fc00::-64]`), computed cheaply."""
+    key = f"{ip_text(lease.subnet.network_address)}-{lease.subnet.prefixlen}"
+    if lease.ipv6_subnet is not None:
+        key += f"&{ip_text(lease.ipv6_subnet.network_address)}-{lease.ipv6_subnet.prefixlen}"
+    return key
+
+
 def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
          connected: frozenset[str] | set[str] = frozenset()) -> Plan:
     """The wanted objects for every remote lease.
@@ -83,11 +102,11 @@ def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
     (same L2 segment): DirectRouting and host-gw use them.
     """
     out = Plan()
-    own_key = own.key if own is not None else None
+    own_subnet = own.subnet if own is not None else None
     for lease in leases:
-        key = lease.key
-        if key == own_key or (own is not None and lease.subnet == own.subnet):
+        if lease.subnet == own_subnet:
             continue
+        key = lease_key(lease)
         if topo.backend == VXLAN:
             _plan_vxlan(out, key, lease, topo, connected)
         else:
@@ -107,11 +126,11 @@ def _plan_vxlan(out: Plan, key: str, lease: Lease, topo: Topology, connected) ->
         return
     families = []
     if topo.ipv4 and lease.subnet is not None:
-        families.append((str(lease.subnet), str(lease.subnet.network_address),
-                         str(attrs.public_ip), attrs.backend_data, topo.vtep4))
+        families.append((net_text(lease.subnet), ip_text(lease.subnet.network_address),
+                         ip_text(attrs.public_ip), attrs.backend_data, topo.vtep4))
     if topo.ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6 is not None:
-        families.append((str(lease.ipv6_subnet), str(lease.ipv6_subnet.network_address),
-                         str(attrs.public_ipv6), attrs.backend_v6_data, topo.vtep6))
+        families.append((net_text(lease.ipv6_subnet), ip_text(lease.ipv6_subnet.network_address),
+                         ip_text(attrs.public_ipv6), attrs.backend_v6_data, topo.vtep6))
     for subnet, vtep_ip, public_ip, data, dev in families:
         if topo.direct_routing and public_ip in connected:
             out.add(key, Route(subnet, public_ip, topo.uplink, False))
@@ -135,9 +154,9 @@ def _plan_host_gw(out: Plan, key: str, lease: Lease, topo: Topology, connected) 
         return
     families = []
     if topo.ipv4 and lease.subnet is not None:
-        families.append((str(lease.subnet), str(attrs.public_ip)))
+        families.append((net_text(lease.subnet), ip_text(attrs.public_ip)))
     if topo.ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6 is not None:
-        families.append((str(lease.ipv6_subnet), str(attrs.public_ipv6)))
+        families.append((net_text(lease.ipv6_subnet), ip_text(attrs.public_ipv6)))
     for subnet, public_ip in families:
         if public_ip not in connected:
             out.refused[key] = (f"host-gw peer {public_ip} (subnet {subnet}) is not on-link on "
