@@ -10,6 +10,12 @@ test: setup
 unit: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
 
+demo: setup
+	.venv/bin/python -m tests.e2e.demo up
+
+demo-down:
+	.venv/bin/python -m tests.e2e.demo down
+
 bench: setup
 	.venv/bin/python -m tests.bench
 

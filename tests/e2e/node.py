@@ -63,6 +63,9 @@ class Node:
         self.plugin_data = os.path.join(directory, "var/lib/cni/flannelette")
         self.ipam_data = os.path.join(directory, "var/lib/cni/networks")
         self.log_path = os.path.join(directory, "flanneletted.log")
+        if len(self.cni_socket.encode()) > 107:  # sun_path holds 108 bytes with the NUL
+            raise ValueError(f"{self.cni_socket} is too long for a unix socket: "
+                             "use a shorter cluster workdir")
         # A node forwards between cni0 and the underlay, as kubelet/kube-proxy hosts do.
         self.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
 

@@ -16,14 +16,17 @@ from dataclasses import asdict, dataclass, field
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot), None when gone."""
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot), None when gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
     # comm (field 2) may hold spaces or ')': split after the last ')'.
-    return int(stat.rsplit(b")", 1)[1].split()[19])
+    fields = stat.rsplit(b")", 1)[1].split()
+    if fields[0] == b"Z":  # exited; its parent (maybe not us, maybe a lazy init) reaps it
+        return None
+    return int(fields[19])
 
 
 @dataclass
