@@ -7,7 +7,7 @@ frozen (default): the PyInstaller onedir (built or taken from the build cache) i
 to <root>/opt/flannelette/, and <cni-bin-dir>/flannelette and flannelette-ipam become
 relative symlinks to its executable; runtimes exec symlinks like any file, and the
 bootloader finds its libraries through the resolved path.
-script: small `#!<this python> -I -S` stubs that import the shim from this checkout
+script: small `#!<this python> -IS` stubs that import the shim from this checkout
 (development machines; no PyInstaller needed).
 The conflist goes to <conf-dir>/10-flannelette.conflist. Every file is replaced atomically,
 so a runtime never execs a half-written plugin.
@@ -41,7 +41,7 @@ CONFLIST = REPO / "conf" / "shipped" / "10-flannelette.conflist"
 EXECUTABLES = ("flannelette", "flannelette-ipam")
 ONEDIR_HOME = "opt/flannelette"
 
-STUB = """#!{python} -I -S
+STUB = """#!{python} -IS
 # flannelette CNI plugin (script form): the lean shim from {repo}
 import sys
 sys.path[:0] = {paths!r}

@@ -1,0 +1,60 @@
+"""packaging/: the PyInstaller onedir and the install step, driven as a runtime would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conf import dispatch
+from tests.support.install import installed_bin_dir, packaging_install
+
+pytestmark = pytest.mark.timeout(600)  # the first call may build (about a minute)
+
+
+def run(exe: str, command: str, stdin: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([exe], input=stdin, env={"CNI_COMMAND": command, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("form", ["frozen", "script"])
+def test_install_puts_runnable_plugins_and_the_conflist_under_root(tmp_path, form):
+    installed = packaging_install.install(str(tmp_path), form=form)
+    bin_dir = tmp_path / "opt" / "cni" / "bin"
+    for name in ("flannelette", "flannelette-ipam"):
+        assert installed[name] == bin_dir / name
+        out = run(str(bin_dir / name), "VERSION", b'{"cniVersion":"0.4.0"}')
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == dispatch.run({}, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"0.4.0"}')[1]
+    if form == "frozen":  # a real copy under <root>/opt/flannelette, linked relatively
+        home = tmp_path / "opt" / "flannelette"
+        assert home.is_dir() and not home.is_symlink()
+        assert os.readlink(bin_dir / "flannelette") == "../../flannelette/flannelette"
+    conflist = json.loads((tmp_path / "etc" / "cni" / "net.d" / "10-flannelette.conflist").read_text())
+    assert (conflist["cniVersion"], conflist["name"]) == ("1.0.0", "cbr0")
+    assert [p["type"] for p in conflist["plugins"]] == ["flannelette", "portmap"]
+    assert conflist["plugins"][1]["capabilities"] == {"portMappings": True}
+
+
+def test_both_names_run_their_own_plugin(tmp_path):
+    """flannelette-ipam is the same binary; it must run the IPAM plugin, not the bridge plugin."""
+    bin_dir = installed_bin_dir(tmp_path)
+    conf = json.dumps({"cniVersion": "1.1.0", "name": "n", "type": "x", "daemonSocket": "",
+                       "ipam": {"type": "flannelette-ipam", "subnetFile": str(tmp_path / "missing.env"),
+                                "dataDir": str(tmp_path / "ipam")}}).encode()
+    outs = {name: run(os.path.join(bin_dir, name), "STATUS", conf) for name in ("flannelette", "flannelette-ipam")}
+    for out in outs.values():
+        assert out.returncode == 1 and b"Traceback" not in out.stderr
+        assert json.loads(out.stdout)["code"] in (11, 50)
+    # The two plugins word the missing subnet.env differently: proof that each ran its own code.
+    assert json.loads(outs["flannelette"].stdout)["msg"] != json.loads(outs["flannelette-ipam"].stdout)["msg"]
+
+
+def test_reinstall_replaces_in_place(tmp_path):
+    packaging_install.install(str(tmp_path))
+    marker = tmp_path / "opt" / "flannelette" / "stale-file"
+    marker.write_text("old")
+    packaging_install.install(str(tmp_path))
+    assert not marker.exists()
+    assert not any(p.name.endswith((".new", ".old")) for p in (tmp_path / "opt").iterdir())
