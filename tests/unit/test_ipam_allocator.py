@@ -1,6 +1,6 @@
 """The pure allocator over the in-memory store: ranges, round-robin, idempotence, GC."""
 import ipaddress
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -188,21 +188,12 @@ def test_huge_ipv6_range_is_walked_lazily():
 
 def test_concurrent_threads_get_distinct_addresses():
     alloc = Allocator(FakeStore(), net24())
-    got, errors = [], []
 
     def worker(n):
-        try:
-            for i in range(30):
-                got.extend(allocate(alloc, f"t{n}-{i}"))
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(got) == 240 and len(set(got)) == 240
-
+        return [allocate(alloc, f"t{n}-{i}")[0] for i in range(30)]
+    with ThreadPoolExecutor(8) as pool:  # an exception in a worker re-raises here
+        got = [a for batch in pool.map(worker, range(8)) for a in batch]
+    assert len(got) == 240 and len(set(got)) == 240
 
 # ---------------------------------------------------------------- release, lookup, GC
 

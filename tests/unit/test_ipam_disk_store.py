@@ -6,8 +6,8 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -118,23 +118,16 @@ def test_store_in_a_file_is_an_io_error(tmp_path):
 
 def test_threads_with_their_own_store_objects_never_share_an_address(tmp_path):
     ranges = make_range_sets([[IpamRange(subnet="10.1.0.0/24")]])
-    got, errors = [], []
 
     def worker(n):
         alloc = Allocator(DiskStore(str(tmp_path), "cbr0"), ranges)
-        try:
-            for i in range(20):
-                got.extend(str(a.ip) for a in alloc.allocate(f"t{n}-{i}", "eth0"))
-        except Exception as e:  # reported below
-            errors.append(e)
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(set(got)) == 160
-    with DiskStore(str(tmp_path), "cbr0").locked():
-        assert len(DiskStore(str(tmp_path), "cbr0").list_all()) == 160
+        return [str(alloc.allocate(f"t{n}-{i}", "eth0")[0].ip) for i in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        got = [a for batch in pool.map(worker, range(8)) for a in batch]
+    assert len(set(got)) == 160
+    store = DiskStore(str(tmp_path), "cbr0")
+    with store.locked():
+        assert len(store.list_all()) == 160
 
 
 CHILD = textwrap.dedent("""

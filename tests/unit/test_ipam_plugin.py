@@ -1,7 +1,7 @@
 """flannelette-ipam's handlers in-process through conf.dispatch (no root needed)."""
 import json
 import os
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -222,16 +222,9 @@ def test_config_errors_are_code_7_naming_the_field(node, mutate, needle):
 
 
 def test_handlers_are_thread_safe(node):
-    results, errors = [], []
-
     def worker(n):
-        for i in range(15):
-            status, out = node.call("ADD", cid=f"t{n}-{i}")
-            (results if status == 0 else errors).append(out)
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert len({r["ips"][0]["address"] for r in results}) == 120 == len(node.held())
+        return [node.call("ADD", cid=f"t{n}-{i}") for i in range(15)]
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = [o for batch in pool.map(worker, range(8)) for o in batch]
+    assert [status for status, _ in outcomes] == [0] * 120
+    assert len({out["ips"][0]["address"] for _, out in outcomes}) == 120 == len(node.held())
