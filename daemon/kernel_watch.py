@@ -69,7 +69,7 @@ class KernelWatch(threading.Thread):
         if devs is None:
             return ""
         if mtype in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
-            index, flags, name = nl.parse_link(buf, off, end)
+            index, flags, change, name = nl.parse_link(buf, off, end)
             ours = name in devs.vteps or name == devs.uplink or index in devs.by_index
             if not ours:
                 return ""
@@ -77,7 +77,9 @@ class KernelWatch(threading.Thread):
                 return f"link {name} deleted"
             if devs.by_name.get(name) != index:
                 return f"link {name} recreated with index {index}"
-            return "" if flags & IFF_UP else f"link {name} is down"
+            if change & IFF_UP:  # down (repair it) or back up (host-gw routes were flushed)
+                return f"link {name} went {'up' if flags & IFF_UP else 'down'}"
+            return ""
         if mtype == nl.RTM_DELADDR:
             index = nl._U32.unpack_from(buf, off + 4)[0]  # ifaddrmsg: family, plen, flags, scope, index
             return f"address removed from {devs.name(index)}" if devs.name(index) in devs.vteps else ""

@@ -256,14 +256,14 @@ def neigh_rows(dumped: list[tuple[bytes, int, int]], ifindexes) -> Iterator[tupl
         yield ifindex, ip, mac, state
 
 
-def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int, str]:
-    """(ifindex, IFF_* flags, name) of an RTM_NEWLINK/DELLINK payload."""
-    _family, _type, index, flags, _change = _IFINFO.unpack_from(buf, off)
+def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int, int, str]:
+    """(ifindex, IFF_* flags, IFF_* flags that changed, name) of an RTM_*LINK payload."""
+    _family, _type, index, flags, change = _IFINFO.unpack_from(buf, off)
     name = ""
     for atype, voff, vlen in iter_attrs(buf, off + _IFINFO.size, end):
         if atype == IFLA_IFNAME:
             name = bytes(buf[voff:voff + vlen]).rstrip(b"\0").decode()
-    return index, flags, name
+    return index, flags, change, name
 
 
 # ---------------------------------------------------------------- the socket

@@ -163,3 +163,9 @@ def test_kernel_watch_wakes_on_foreign_changes_only(three):
     assert a.worker.call(wait_woken, 5.0)
     assert reconcile(a, [a, b]).recreated == ["flannel.1"]
     assert actual(a) == expected(a, [a, b])
+    a.worker.call(wait_woken, 1.0)  # the recreation's own events
+    a.ns.run("ip", "link", "set", "flannel.1", "down")
+    assert a.worker.call(wait_woken, 5.0)
+    reconcile(a, [a, b])
+    assert "UP" in a.ns.out("ip", "link", "show", "flannel.1").split(">")[0]
+    assert ping(a, "10.244.1.1", "10.244.2.1")
