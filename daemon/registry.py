@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Optional
 import grpc
 import pyetcd
 from pyetcd import exceptions as etcd_exc
+from pyetcd.client import EtcdTokenCallCredentials
 
 from conf.daemon import DaemonSettings
 
@@ -62,6 +63,7 @@ class WatchBatch:
 
 
 _AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_TLS_MARKS = ("TSI_", "handshake", "CERTIFICATE_VERIFY", "SSL_ERROR")
 _DOWN_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                grpc.StatusCode.CANCELLED)
 
@@ -76,6 +78,9 @@ def translate_exception(exc: BaseException) -> RegistryError:
     if isinstance(rpc, grpc.RpcError) and hasattr(rpc, "code"):
         code, detail = rpc.code(), (rpc.details() or "").strip()
         text = f"{detail} ({code.name})" if detail else code.name
+        if any(mark in detail for mark in _TLS_MARKS):
+            return RegistryUnavailableError(
+                f"TLS handshake failed, check --etcd-cafile, --etcd-certfile and --etcd-keyfile ({text})")
         if code in _AUTH_CODES or "authentication failed" in detail:
             return RegistryAuthError(text)
         if code in _DOWN_CODES:
@@ -145,7 +150,8 @@ class Registry:
                 raise
             except RegistryError as e:
                 client.close()
-                errors.append(f"{first}: {e}")
+                several = len(self.settings.etcd_endpoints) > 1
+                errors.append(f"{first}: {e}" if several else str(e))
         raise RegistryUnavailableError("; ".join(errors))
 
     def _authenticate(self, client) -> None:
@@ -155,8 +161,9 @@ class Registry:
                 pyetcd.etcdrpc.AuthenticateRequest(name=s.etcd_username, password=s.etcd_password),
                 self.timeout)
             client.metadata = (("token", resp.token),)
-            client.call_credentials = grpc.metadata_call_credentials(
-                pyetcd.client.EtcdTokenCallCredentials(resp.token))
+            if self.settings.tls:  # grpc refuses call credentials on a plaintext channel
+                client.call_credentials = grpc.metadata_call_credentials(
+                    EtcdTokenCallCredentials(resp.token))
         else:  # one cheap request proves the endpoint answers
             client.status()
 

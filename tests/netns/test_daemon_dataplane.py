@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.support.flanneletted import PREFIX, VXLAN_CONFIG, DaemonNode, Underlay
+from tests.support.flanneletted import PREFIX, VXLAN_CONFIG, DaemonNode, Underlay, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,16 +29,6 @@ def underlay():
         yield u
     finally:
         u.close()
-
-
-def wait_for(what, predicate, timeout: float = 20.0, node=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{node.log()}" if node else ""))
 
 
 def plane(node: DaemonNode) -> dict:

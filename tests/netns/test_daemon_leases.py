@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.support.flanneletted import ALLOC_CONFIG, ETCD_IP, PREFIX, Underlay
+from tests.support.flanneletted import ALLOC_CONFIG, ETCD_IP, PREFIX, Underlay, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,16 +32,6 @@ def underlay():
 
 def leases(u: Underlay) -> dict[str, dict]:
     return {k[len(SUBNETS):]: json.loads(v) for k, v in u.etcd.get_prefix(SUBNETS).items()}
-
-
-def wait_for(what, predicate, timeout: float = 20.0, node=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{node.log()}" if node else ""))
 
 
 def test_two_nodes_get_distinct_subnets_subnet_env_and_health(underlay):

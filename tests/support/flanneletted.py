@@ -29,6 +29,17 @@ VXLAN_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
 ALLOC_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "alloc"}}'
 
 
+def wait_for(what: str, predicate, timeout: float = 20.0, node: "Optional[DaemonNode]" = None):
+    """Poll predicate until truthy (returned); fail naming `what`, with the node's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{node.log()}" if node else ""))
+
+
 class Underlay:
     """The switch namespace (bridge br0) and the nodes' directory."""
 
