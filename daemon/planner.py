@@ -119,50 +119,57 @@ def _vtep_mac(data: dict | None) -> str:
     return mac if _MAC_RE.match(mac) else ""
 
 
-def _plan_vxlan(out: Plan, key: str, lease: Lease, topo: Topology, connected) -> None:
-    attrs = lease.attrs
-    if attrs.backend_type != VXLAN:
-        out.refused[key] = f"lease {key} has BackendType {attrs.backend_type!r}, not vxlan"
-        return
-    families = []
+class _Side(NamedTuple):
+    """One address family of a remote lease, as the planner needs it."""
+    subnet: str
+    vtep_ip: str  # the subnet's network address: the peer VTEP's own address
+    public_ip: str
+    vxlan_data: dict | None
+    vtep: str  # our VXLAN device for this family
+
+
+def _sides(lease: Lease, topo: Topology) -> list[_Side]:
+    attrs, out = lease.attrs, []
     if topo.ipv4 and lease.subnet is not None:
-        families.append((net_text(lease.subnet), ip_text(lease.subnet.network_address),
+        out.append(_Side(net_text(lease.subnet), ip_text(lease.subnet.network_address),
                          ip_text(attrs.public_ip), attrs.backend_data, topo.vtep4))
     if topo.ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6 is not None:
-        families.append((net_text(lease.ipv6_subnet), ip_text(lease.ipv6_subnet.network_address),
+        out.append(_Side(net_text(lease.ipv6_subnet), ip_text(lease.ipv6_subnet.network_address),
                          ip_text(attrs.public_ipv6), attrs.backend_v6_data, topo.vtep6))
-    for subnet, vtep_ip, public_ip, data, dev in families:
-        if topo.direct_routing and public_ip in connected:
-            out.add(key, Route(subnet, public_ip, topo.uplink, False))
+    return out
+
+
+def _plan_vxlan(out: Plan, key: str, lease: Lease, topo: Topology, connected) -> None:
+    if lease.attrs.backend_type != VXLAN:
+        out.refused[key] = f"lease {key} has BackendType {lease.attrs.backend_type!r}, not vxlan"
+        return
+    for side in _sides(lease, topo):
+        if topo.direct_routing and side.public_ip in connected:
+            out.add(key, Route(side.subnet, side.public_ip, topo.uplink, False))
             continue
-        mac = _vtep_mac(data)
+        mac, dev = _vtep_mac(side.vxlan_data), side.vtep
         if not mac:
-            out.refused[key] = f"lease {key} has no valid VtepMAC for {subnet}"
+            out.refused[key] = f"lease {key} has no valid VtepMAC for {side.subnet}"
             continue
         taken = out.fdbs.get((dev, mac))
         if taken is not None:
-            out.refused[key] = f"lease {key} uses VtepMAC {mac}, already used by the peer at {taken.dst}"
+            out.refused[key] = f"lease {key} uses VtepMAC {mac}, already used by peer {taken.dst}"
             continue
-        out.add(key, Neigh(dev, vtep_ip, mac), Fdb(dev, mac, public_ip),
-                Route(subnet, vtep_ip, dev, True))
+        out.add(key, Neigh(dev, side.vtep_ip, mac), Fdb(dev, mac, side.public_ip),
+                Route(side.subnet, side.vtep_ip, dev, True))
 
 
 def _plan_host_gw(out: Plan, key: str, lease: Lease, topo: Topology, connected) -> None:
-    attrs = lease.attrs
-    if attrs.backend_type != HOST_GW:
-        out.refused[key] = f"lease {key} has BackendType {attrs.backend_type!r}, not host-gw"
+    if lease.attrs.backend_type != HOST_GW:
+        out.refused[key] = f"lease {key} has BackendType {lease.attrs.backend_type!r}, not host-gw"
         return
-    families = []
-    if topo.ipv4 and lease.subnet is not None:
-        families.append((net_text(lease.subnet), ip_text(attrs.public_ip)))
-    if topo.ipv6 and lease.ipv6_subnet is not None and attrs.public_ipv6 is not None:
-        families.append((net_text(lease.ipv6_subnet), ip_text(attrs.public_ipv6)))
-    for subnet, public_ip in families:
-        if public_ip not in connected:
-            out.refused[key] = (f"host-gw peer {public_ip} (subnet {subnet}) is not on-link on "
-                                f"{topo.uplink}; host-gw needs direct layer-2 connectivity")
+    for side in _sides(lease, topo):
+        if side.public_ip not in connected:
+            out.refused[key] = (f"host-gw peer {side.public_ip} (subnet {side.subnet}) is not "
+                                f"on-link on {topo.uplink}; host-gw needs direct layer-2 "
+                                "connectivity")
             continue
-        out.add(key, Route(subnet, public_ip, topo.uplink, False))
+        out.add(key, Route(side.subnet, side.public_ip, topo.uplink, False))
 
 
 # ---------------------------------------------------------------- diff

@@ -60,18 +60,16 @@ class VxlanBackend(Backend):
         overhead = VXLAN_OVERHEAD + (20 if netconf.enable_ipv6 else 0)
         self.mtu = cfg.mtu or node.iface_mtu - overhead
         self.specs: list[VtepSpec] = []
-        if netconf.enable_ipv4:
-            if not node.iface_ip:
-                raise DataplaneError(f"vxlan needs an IPv4 address on {node.iface}")
-            self.specs.append(VtepSpec(f"flannel.{cfg.vni}", socket.AF_INET, cfg.vni,
-                                       node.iface_ip, node.iface_index, cfg.udp_port,
-                                       cfg.learning, cfg.gbp, self.mtu))
-        if netconf.enable_ipv6:
-            if not node.iface_ipv6:
-                raise DataplaneError(f"vxlan with EnableIPv6 needs an IPv6 address on {node.iface}")
-            self.specs.append(VtepSpec(f"flannel-v6.{cfg.vni}", socket.AF_INET6, cfg.vni,
-                                       node.iface_ipv6, node.iface_index, cfg.udp_port,
-                                       cfg.learning, cfg.gbp, self.mtu))
+        for on, family, name, local, what in (
+                (netconf.enable_ipv4, socket.AF_INET, f"flannel.{cfg.vni}", node.iface_ip, "IPv4"),
+                (netconf.enable_ipv6, socket.AF_INET6, f"flannel-v6.{cfg.vni}", node.iface_ipv6,
+                 "IPv6")):
+            if not on:
+                continue
+            if not local:
+                raise DataplaneError(f"vxlan needs an {what} address on {node.iface}")
+            self.specs.append(VtepSpec(name, family, cfg.vni, local, node.iface_index,
+                                       cfg.udp_port, cfg.learning, cfg.gbp, self.mtu))
         self.macs = {s.name: self._stable_mac(s.name) for s in self.specs}
         self._own: Optional[Lease] = None
 

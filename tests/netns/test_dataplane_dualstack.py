@@ -3,21 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.dataplane_nodes import Underlay, lines, ping, reconcile, start_nodes
+from tests.support.dataplane_nodes import lines, ping, reconcile, start_nodes
+from tests.support.dataplane_nodes import underlay  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 DUAL = {"Network": "10.244.0.0/16", "EnableIPv6": True, "IPv6Network": "fc00::/48",
         "Backend": {"Type": "vxlan"}}
-
-
-@pytest.fixture
-def underlay():
-    u = Underlay()
-    try:
-        yield u
-    finally:
-        u.close()
 
 
 def test_ipv6_vtep_entries_and_traffic(underlay, tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.dataplane_nodes import (Underlay, lines, metrics, ping, programmed,
-                                           reconcile, start_nodes)
+from tests.support.dataplane_nodes import (lines, metrics, ping, programmed, reconcile,
+                                           start_nodes, underlay)  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -14,13 +14,9 @@ HOST_GW = {"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw"}}
 
 
 @pytest.fixture
-def routed_underlay():
-    u = Underlay()
-    u.add_segment()
-    try:
-        yield u
-    finally:
-        u.close()
+def routed_underlay(underlay):
+    underlay.add_segment()
+    return underlay
 
 
 def test_direct_routing_uses_plain_routes_on_the_segment_only(routed_underlay, tmp_path):

@@ -4,22 +4,14 @@ from __future__ import annotations
 import pytest
 
 from conf.flannel import Lease, LeaseAttrs
-from tests.support.dataplane_nodes import (Underlay, backend_call, lines, make_backend, ping,
+from tests.support.dataplane_nodes import (backend_call, lines, make_backend, ping,
                                            programmed, reconcile, start_nodes, start_watch,
+                                           underlay,  # noqa: F401 (fixture)
                                            wait_woken)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 VXLAN = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
-
-
-@pytest.fixture
-def underlay():
-    u = Underlay()
-    try:
-        yield u
-    finally:
-        u.close()
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import traceback
 
+import pytest
+
 from tests.support.netns import NetNS, link_netns
 
 CLONE_NEWNET = 0x40000000
@@ -128,6 +130,16 @@ class Underlay:
                 node.worker.close()
             node.ns.close()
         self.switch.close()
+
+
+@pytest.fixture
+def underlay():
+    """An Underlay torn down after the test (import it into a test module to use it)."""
+    u = Underlay()
+    try:
+        yield u
+    finally:
+        u.close()
 
 
 # ---------------------------------------------------------------- functions run in a worker
