@@ -97,8 +97,10 @@ def test_init_container_installs_binaries_and_conflist_on_the_host(pod_spec):
     (init,) = [c for c in pod_spec["initContainers"] if c["name"] == "install-cni"]
     host = {v["name"]: v["hostPath"]["path"] for v in pod_spec["volumes"] if "hostPath" in v}
     mounted = {host[m["name"]]: m["mountPath"] for m in init["volumeMounts"] if m["name"] in host}
-    assert mounted == {"/opt/cni/bin": "/host/opt/cni/bin", "/etc/cni/net.d": "/host/etc/cni/net.d"}
+    # install-cni lays out <root>/opt/flannelette and <root>/opt/cni/bin like packaging/install.py.
+    assert mounted == {"/opt": "/host/opt", "/etc/cni/net.d": "/host/etc/cni/net.d"}
     assert "--root=/host" in init["args"]
+    assert "--conflist=/etc/kube-flannelette/cni-conf.json" in init["args"]
 
 
 def test_daemon_args_and_config_map_are_accepted_by_flanneletted(manifest, pod_spec):
@@ -120,12 +122,10 @@ def test_config_map_net_conf_is_the_shipped_one_and_valid(manifest):
     assert str(conf.network) == "10.244.0.0/16" and conf.backend.type == "vxlan"
 
 
-def test_config_map_conflist_starts_with_flannelette(manifest):
+def test_config_map_conflist_is_the_shipped_conflist(manifest):
     conflist = json.loads(manifest["ConfigMap"]["data"]["cni-conf.json"])
-    assert [p["type"] for p in conflist["plugins"]][0] == "flannelette"
-    shipped = SHIPPED / "10-flannelette.conflist"
-    if shipped.exists():
-        assert conflist["name"] == json.loads(shipped.read_text())["name"]
+    assert conflist == json.loads((SHIPPED / "10-flannelette.conflist").read_text())
+    assert conflist["plugins"][0]["type"] == "flannelette"
 
 
 def test_etcd_credentials_come_from_the_secret(manifest, pod_spec):
