@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conf.flannel import Lease, LeaseAttrs
+from conf.flannel import Lease
 from tests.support.dataplane_nodes import (backend_call, lines, make_backend, ping,
                                            programmed, reconcile, start_nodes, start_watch,
                                            underlay,  # noqa: F401 (fixture)
@@ -161,3 +161,18 @@ def test_kernel_watch_wakes_on_foreign_changes_only(three):
     reconcile(a, [a, b])
     assert "UP" in a.ns.out("ip", "link", "show", "flannel.1").split(">")[0]
     assert ping(a, "10.244.1.1", "10.244.2.1")
+
+
+def test_compatible_device_is_kept_and_gets_the_stable_mac(underlay, tmp_path):
+    node = underlay.add_node()
+    node.ns.run("ip", "link", "add", "flannel.1", "address", "02:de:ad:be:ef:01", "type", "vxlan",
+                "id", "1", "local", "192.168.50.10", "dev", "eth0", "dstport", "8472", "nolearning")
+    node.ns.run("ip", "link", "set", "flannel.1", "up")
+    index = node.ns.out("cat", "/sys/class/net/flannel.1/ifindex")
+    w = node.start_worker()
+    w.call(make_backend, '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}', "eth0",
+           str(tmp_path))
+    attrs = w.call(backend_call, "prepare")
+    assert node.ns.out("cat", "/sys/class/net/flannel.1/ifindex") == index  # reused, not recreated
+    assert attrs.backend_data["VtepMAC"] != "02:de:ad:be:ef:01"
+    assert f"link/ether {attrs.backend_data['VtepMAC']}" in node.ns.out("ip", "link", "show", "flannel.1")

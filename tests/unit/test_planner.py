@@ -5,7 +5,7 @@ import pytest
 
 from conf.flannel import Lease, LeaseAttrs
 from daemon.planner import (HOST_GW, VXLAN, Fdb, KernelState, Neigh, Plan, Route, Topology,
-                            diff, plan)
+                            diff, lease_key, plan)
 
 VX = Topology(VXLAN, "eth0", vtep4="flannel.1")
 VX_DUAL = Topology(VXLAN, "eth0", vtep4="flannel.1", vtep6="flannel-v6.1", ipv6=True)
@@ -186,3 +186,8 @@ def test_hand_changed_route_is_replaced():
     st.routes["10.244.2.0/24"] = Route("10.244.2.0/24", "192.168.50.7", "eth0", False)
     ch = diff(p, st, OWNED)
     assert ch.set_routes == [p.routes["10.244.2.0/24"]] and not ch.del_routes
+
+
+@pytest.mark.parametrize("lease", [vxlan_lease(7), vxlan_lease(9, v6=True)], ids=["v4", "dual"])
+def test_cheap_lease_key_is_flannels_key(lease):
+    assert lease_key(lease) == lease.key
