@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import select
-import socket
 import threading
 from typing import Callable
 
