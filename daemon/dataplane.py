@@ -10,6 +10,8 @@ network namespace of the calling process.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import socket
 import threading
@@ -99,7 +101,7 @@ class Backend:
     # -------------------------------------------------- the loop body
     def reconcile(self, own: Optional[Lease], leases: list[Lease]) -> ReconcileStats:
         start = time.perf_counter()
-        with self._lock:
+        with self._lock, _no_cyclic_gc():
             devs, recreated = self._ensure_devices(own)
             topo = self._topology()
             connected: set[str] = set()
@@ -157,6 +159,23 @@ class Backend:
 
     def close(self) -> None:
         self._sock.close()
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Pause the cycle collector for one reconcile.
+
+    A reconcile allocates some 100k acyclic objects (tuples, strings), freed by
+    reference counting; left on, the collector walks every live object of the
+    daemon several times per run, which cost a third of a 5000-lease join.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _peer_ips(own: Optional[Lease], leases: list[Lease], topo: Topology) -> list[str]:
