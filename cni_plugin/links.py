@@ -176,19 +176,22 @@ def setup_veth(ipr: IPRoute, host_name: str, ifname: str, pod_fd: int, mtu: int,
     """One request: the host end on the bridge, the pod end born in the pod netns as `ifname`.
 
     Returns the host end and the pod end's MAC. A leftover of an earlier attempt by the
-    same container (same derived name) is removed first.
+    same container (same derived name) is removed and the request sent again.
     """
-    delete_link(ipr, host_name)
     pod_mac = random_mac()
-    try:
-        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu, address=random_mac(),
-                 master=bridge.index, state="up",
-                 peer={"ifname": ifname, "net_ns_fd": pod_fd, "mtu": mtu, "address": pod_mac})
-    except NetlinkError as e:
-        if e.code == errno.EEXIST:
-            raise InterfaceExistsError(
-                f"cannot create veth {host_name}/{ifname}: a link with one of these names exists") from None
-        raise _failed(f"creating veth {host_name} with peer {ifname} in the pod", e) from None
+    request = dict(ifname=host_name, kind="veth", mtu=mtu, master=bridge.index, state="up",
+                   peer={"ifname": ifname, "net_ns_fd": pod_fd, "mtu": mtu, "address": pod_mac})
+    for attempt in (1, 2):
+        try:
+            ipr.link("add", address=random_mac(), **request)
+            break
+        except NetlinkError as e:
+            if e.code == errno.EEXIST and attempt == 1 and delete_link(ipr, host_name):
+                continue
+            if e.code == errno.EEXIST:
+                raise InterfaceExistsError(
+                    f"cannot create veth {host_name}/{ifname}: a link with one of these names exists") from None
+            raise _failed(f"creating veth {host_name} with peer {ifname} in the pod", e) from None
     host = get_link(ipr, host_name)
     if host is None:
         raise NetlinkFailure(f"veth {host_name} vanished right after it was created")
@@ -222,9 +225,7 @@ def configure_pod_iface(pod: IPRoute, ifname: str, addresses: list[IPIface], rou
     for addr in addresses:
         _add_address(pod, link.index, addr, f"adding {addr} to {ifname} in the pod")
     _set(pod, f"bringing {ifname} up in the pod", index=link.index, state="up")
-    lo = get_link(pod, "lo")
-    if lo is not None and not lo.up:
-        _set(pod, "bringing lo up in the pod", index=lo.index, state="up")
+    _set(pod, "bringing lo up in the pod", index=1, state="up")  # lo is index 1 in every netns
     for r in routes:
         dst = ipaddress.ip_network(r.dst)
         kw = {"dst": str(dst.network_address), "dst_len": dst.prefixlen, "oif": link.index,

@@ -41,7 +41,9 @@ def state_path(data_dir: str, network: str, container_id: str, ifname: str) -> s
 
 def save_state(data_dir: str, network: str, state: AttachmentState) -> str:
     path = state_path(data_dir, network, state.container_id, state.ifname)
-    write_atomic(path, state.model_dump_json().encode(), 0o600)
+    # No fsync: after a crash a lost or empty file only makes DEL fall back to the
+    # derived veth name and the request's IPAM config, which is what it holds anyway.
+    write_atomic(path, state.model_dump_json().encode(), 0o600, sync=False)
     return path
 
 

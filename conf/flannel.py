@@ -322,14 +322,17 @@ def write_subnet_env(path: str, env: SubnetEnv) -> None:
     write_atomic(path, env.render().encode(), 0o644)
 
 
-def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+    """Readers see the old or the new file, never a part; `sync=False` skips the fsync
+    for files whose loss in a crash is harmless (they cost ms on a slow disk)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
     try:
         os.write(fd, data)
         os.fchmod(fd, mode)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     try:
