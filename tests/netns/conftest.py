@@ -2,10 +2,11 @@
 
 Every plugin test goes through `cni`, so the way the plugin is run (the mode) is
 decided here only. Modes:
-- "inproc": CNI_PATH holds the venv's `flannelette` and `flannelette-ipam` next to the
-  reference plugins, with `daemonSocket: ""` so the handlers run in the plugin process.
-A further mode (the installed PyInstaller artefact, with a warm daemon socket) is added by
-extending MODES and `_prepare_mode` below; the tests stay unchanged.
+- "inproc": CNI_PATH holds the installed PyInstaller artefact (`flannelette`,
+  `flannelette-ipam`, tests/support/install.py) next to the reference plugins, with
+  `daemonSocket: ""` so the handlers run in the plugin process.
+- "fastpath": the same artefact with `daemonSocket` pointing at a warm
+  `python -m daemon.cni_server` running inside the node netns.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import Optional
 
 import pytest
 
-from tests.support.cni import Outcome, invoke, make_cni_path, tree_snapshot
+from tests.support.cni import Outcome, invoke, tree_snapshot
+from tests.support.install import FastPathServer, installed_bin_dir
 from tests.support.netns import NetNS
 
-MODES = ["inproc"]
+MODES = ["inproc", "fastpath"]
 NETWORK = "flt-net"
 
 
@@ -130,12 +132,16 @@ class CniNode:
         self.node.close()
 
 
-def _prepare_mode(node: CniNode) -> None:
-    """Fill CNI_PATH and the conf overrides for the mode under test."""
+def _prepare_mode(node: CniNode) -> Optional[FastPathServer]:
+    """Fill CNI_PATH and the conf overrides for the mode under test; the server to stop, if any."""
+    node.bin_dir = installed_bin_dir(os.path.join(node.root, "install"))
     if node.mode == "inproc":
-        make_cni_path(node.bin_dir, ours=("flannelette", "flannelette-ipam"))
         node.conf_overrides = {"daemonSocket": ""}
-        return
+        return None
+    if node.mode == "fastpath":
+        socket_path = os.path.join(node.root, "run", "flannelette", "cni.sock")
+        node.conf_overrides = {"daemonSocket": socket_path}
+        return FastPathServer(socket_path, node.node.name)
     raise ValueError(f"unknown plugin mode {node.mode!r}")
 
 
@@ -144,10 +150,13 @@ def cni(request):
     """A CniNode with subnet.env 10.244.1.1/24 in 10.244.0.0/16, MTU 1450, for each mode."""
     root = tempfile.mkdtemp(prefix="flt-plugin-")
     node = CniNode(request.param, root)
+    server = None
     try:
-        _prepare_mode(node)
+        server = _prepare_mode(node)
         node.write_subnet_env()
         yield node
     finally:
+        if server is not None:
+            server.stop()
         node.close()
         shutil.rmtree(root, ignore_errors=True)

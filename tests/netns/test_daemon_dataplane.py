@@ -14,21 +14,12 @@ import time
 
 import pytest
 
-from tests.support.flanneletted import PREFIX, VXLAN_CONFIG, DaemonNode, Underlay, wait_for
+from tests.support.flanneletted import (PREFIX, SUBNETS, VXLAN_CONFIG, DaemonNode, Underlay,
+                                         underlay, wait_for)  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(180)
 
-SUBNETS = PREFIX + "/subnets/"
-
-
-@pytest.fixture
-def underlay():
-    u = Underlay()
-    try:
-        u.start_etcd().put(PREFIX + "/config", VXLAN_CONFIG)
-        yield u
-    finally:
-        u.close()
+ETCD_CONFIG = VXLAN_CONFIG  # what the `underlay` fixture puts in etcd
 
 
 def plane(node: DaemonNode) -> dict:
@@ -179,3 +170,16 @@ def test_dual_stack_leases_subnet_env_and_ipv6_entries(underlay):
     peer_v6 = lease_of(underlay, b)[0].split("&")[1].replace("-", "/")
     wait_for("the peer's IPv6 route", lambda: any(
         r["dst"] == peer_v6 for r in a.ip_json("-6", "route", "show", "dev", "flannel-v6.1")), node=a)
+
+
+def test_ip_masq_installs_flannels_rules_and_repairs_them(underlay):
+    a = underlay.node().start("--ip-masq")
+    env = a.wait_ready()
+    assert env.ipmasq is True
+    nat = a.ns.out("iptables-save", "-t", "nat")
+    assert "-A POSTROUTING" in nat and "-j FLANNEL-POSTRTG" in nat
+    assert f"-A FLANNEL-POSTRTG -s {env.subnet.network} -d 10.244.0.0/16" in nat
+    a.ns.run("iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG")
+    wait_for("the rules back", lambda: f"-s {env.subnet.network} -d 10.244.0.0/16"
+             in a.ns.out("iptables-save", "-t", "nat"), timeout=10, node=a)
+    assert a.metric("masquerade_repairs_total") == 1

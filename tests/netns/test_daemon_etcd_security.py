@@ -12,20 +12,14 @@ import pytest
 
 from tests.support.certs import make_pki
 from tests.support.etcd import EtcdServer
-from tests.support.flanneletted import ALLOC_CONFIG, ETCD_IP, PREFIX, Underlay, wait_for
+from tests.support.flanneletted import ALLOC_CONFIG, ETCD_IP, PREFIX, underlay, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
 USER, PASSWORD = "flannel", "s3cret-pw"
 
 
-@pytest.fixture
-def underlay():
-    u = Underlay()
-    try:
-        yield u
-    finally:
-        u.close()
+# No ETCD_CONFIG: each test starts its own kind of etcd in the `underlay` fixture.
 
 
 def failure_line(node, *flags: str) -> str:

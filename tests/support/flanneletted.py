@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
+from typing import Iterator, Optional
+
+import pytest
 
 from conf.flannel import SubnetEnv, load_subnet_env
 from tests.support.etcd import EtcdServer
@@ -24,6 +26,7 @@ from tests.support.netns import NetNS, link_netns
 
 ETCD_IP = "10.77.0.254"
 PREFIX = "/coreos.com/network"
+SUBNETS = PREFIX + "/subnets/"
 HEALTHZ_PORT = 8471
 VXLAN_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
 ALLOC_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "alloc"}}'
@@ -38,6 +41,20 @@ def wait_for(what: str, predicate, timeout: float = 20.0, node: "Optional[Daemon
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{node.log()}" if node else ""))
+
+
+@pytest.fixture
+def underlay(request) -> Iterator["Underlay"]:
+    """An underlay, always removed; with plain etcd holding the test module's ETCD_CONFIG
+    when it sets one. Import it into a test module to use it."""
+    u = Underlay()
+    try:
+        config = getattr(request.module, "ETCD_CONFIG", None)
+        if config is not None:
+            u.start_etcd().put(PREFIX + "/config", config)
+        yield u
+    finally:
+        u.close()
 
 
 class Underlay:

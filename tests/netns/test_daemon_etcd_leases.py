@@ -13,21 +13,12 @@ import time
 
 import pytest
 
-from tests.support.flanneletted import ALLOC_CONFIG, ETCD_IP, PREFIX, Underlay, wait_for
+from tests.support.flanneletted import (ALLOC_CONFIG, ETCD_IP, PREFIX, SUBNETS, Underlay,
+                                         underlay, wait_for)  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
-SUBNETS = PREFIX + "/subnets/"
-
-
-@pytest.fixture
-def underlay():
-    u = Underlay()
-    try:
-        u.start_etcd().put(PREFIX + "/config", ALLOC_CONFIG)
-        yield u
-    finally:
-        u.close()
+ETCD_CONFIG = ALLOC_CONFIG  # what the `underlay` fixture puts in etcd
 
 
 def leases(u: Underlay) -> dict[str, dict]:
