@@ -146,6 +146,10 @@ class Backend:
             removed=removed, errors=len(result.failed), refused=len(wanted.refused),
             recreated=recreated)
 
+    def _advertised_ipv6(self) -> Optional[str]:
+        """PublicIPv6 goes into the lease only with EnableIPv6 (null otherwise, as flannel)."""
+        return self.node.public_ipv6 if self.netconf.enable_ipv6 else None
+
     def programmed(self, lease: Lease) -> bool:
         """True when every object for `lease` is in the kernel as of the last reconcile."""
         return self._programmed.get(lease_key(lease), False)

@@ -286,6 +286,8 @@ class RtnlSocket:
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
         self.sock.bind((0, groups))
+        if not groups:  # a request socket: never wait forever for the kernel's answer
+            self.sock.settimeout(30)
         self.seq = int.from_bytes(os.urandom(2), "little") << 8
 
     def close(self) -> None:

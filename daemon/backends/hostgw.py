@@ -27,7 +27,7 @@ class HostGwBackend(Backend):
             raise DataplaneError(
                 f"host-gw: public IP {node.public_ip} is not the address of {node.iface} "
                 f"({node.iface_ip}); peers route to it directly, so it must be (NAT is not supported)")
-        return LeaseAttrs(public_ip=node.public_ip, public_ipv6=node.public_ipv6,
+        return LeaseAttrs(public_ip=node.public_ip, public_ipv6=self._advertised_ipv6(),
                           backend_type=HOST_GW)
 
     def _topology(self) -> Topology:

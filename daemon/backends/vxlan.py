@@ -77,7 +77,7 @@ class VxlanBackend(Backend):
     def prepare(self) -> LeaseAttrs:
         self._ensure_devices(None)
         data = {s.family: {"VNI": s.vni, "VtepMAC": self.macs[s.name]} for s in self.specs}
-        return LeaseAttrs(public_ip=self.node.public_ip, public_ipv6=self.node.public_ipv6,
+        return LeaseAttrs(public_ip=self.node.public_ip, public_ipv6=self._advertised_ipv6(),
                           backend_type=VXLAN, backend_data=data.get(socket.AF_INET),
                           backend_v6_data=data.get(socket.AF_INET6))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.dataplane_nodes import NodeWorker
+from tests.support.dataplane_nodes import NodeWorker, backend_call, make_backend
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -67,3 +67,20 @@ def test_backend_refusals(node):
     assert "'udp' is not supported" in node.call(backend_for, '{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}', "up0", None, None)
     v6 = '{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48", "Backend": {"Type": "vxlan"}}'
     assert "needs an IPv6 address on up0" in node.call(backend_for, v6, "up0", None, None)
+
+
+def test_ipv6_is_advertised_only_with_enable_ipv6(netns):
+    netns.run("ip", "link", "add", "up0", "type", "bridge")
+    netns.run("ip", "addr", "add", "192.168.70.2/24", "dev", "up0")
+    netns.run("ip", "addr", "add", "fd70::2/64", "dev", "up0", "nodad")
+    netns.run("ip", "link", "set", "up0", "up")
+    w = NodeWorker(netns)
+    try:
+        v4 = w.call(make_backend, '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}', "up0", "")
+        assert v4 == 1450 and w.call(backend_call, "prepare").public_ipv6 is None
+        dual = ('{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fc00::/48", '
+                '"Backend": {"Type": "host-gw"}}')
+        w.call(make_backend, dual, "up0", "")
+        assert str(w.call(backend_call, "prepare").public_ipv6) == "fd70::2"
+    finally:
+        w.close()
