@@ -115,9 +115,7 @@ class Cluster:
         if self._closed:
             return []
         self._closed = True
-        if self.etcd is not None:
-            self.etcd.stop()
-        return self.record().teardown()
+        return self.record().teardown()  # daemons and etcd are stopped together
 
     def record(self) -> Resources:
         """The current resources, with the live processes (daemons, etcd) added."""

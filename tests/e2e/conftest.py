@@ -37,16 +37,8 @@ def started_cluster(spec: ClusterSpec) -> Iterator[Cluster]:
 @pytest.fixture
 def make_cluster():
     """`make_cluster(spec)` starts a cluster; every one made is closed at teardown."""
-    made: list[Cluster] = []
-
-    def make(spec: ClusterSpec) -> Cluster:
-        cluster = Cluster(spec)
-        made.append(cluster)
-        return cluster.start()
-
-    yield make
-    leftovers = [item for c in made for item in c.close()]
-    assert not leftovers, f"cluster teardown left: {leftovers}"
+    with contextlib.ExitStack() as stack:
+        yield lambda spec: stack.enter_context(started_cluster(spec))
 
 
 @pytest.fixture(params=DATA_PLANES, ids=DATA_PLANE_IDS)

@@ -42,22 +42,34 @@ class TrackedProcess:
     def alive(self) -> bool:
         return process_start_time(self.pid) == self.start_time
 
-    def kill(self, timeout: float = 5.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not self.alive():
-                return
+    def signal(self, sig: int) -> None:
+        """Signal the process group (daemons run in their own session), else the process."""
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
             try:
-                os.killpg(self.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                try:
-                    os.kill(self.pid, sig)
-                except ProcessLookupError:
-                    return
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.alive():
-                _reap(self.pid)
-                time.sleep(0.02)
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self, timeout: float = 5.0) -> None:
+        stop_all([self], timeout)
+
+
+def stop_all(processes: list[TrackedProcess], timeout: float = 5.0) -> None:
+    """SIGTERM all at once, wait, then SIGKILL whatever is left (in parallel: fast teardown)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        live = [p for p in processes if p.alive()]
+        for proc in live:
+            proc.signal(sig)
+        deadline = time.monotonic() + timeout
+        while live and time.monotonic() < deadline:
+            for proc in live:
+                _reap(proc.pid)
+            live = [p for p in live if p.alive()]
+            time.sleep(0.02)
 
 
 def _reap(pid: int) -> None:
@@ -86,8 +98,7 @@ class Resources:
 
     def teardown(self) -> list[str]:
         """Remove everything; returns what could not be removed (empty when clean)."""
-        for proc in self.processes:
-            proc.kill()
+        stop_all(self.processes)
         for name in self.namespaces:
             if not name.startswith("flt-"):
                 raise ValueError(f"refusing to delete namespace {name!r}: not ours")
@@ -108,5 +119,4 @@ class Resources:
 def _kill_namespace_processes(name: str) -> None:
     """Anything still running inside a namespace we made (a pod's listener, a stray ping)."""
     out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
-    for pid in (int(p) for p in out.split()):
-        TrackedProcess.of(pid, f"in {name}").kill(timeout=2.0)
+    stop_all([TrackedProcess.of(int(pid), f"in {name}") for pid in out.split()], timeout=2.0)
