@@ -154,7 +154,7 @@ def explore(cluster: Cluster) -> str:
     return "\n".join([
         "The cluster keeps running. Explore it:",
         f"  ip netns exec {p1.ns.name} ping {p2.ip}",
-        f"  ip netns exec {ul} tcpdump -ni {n1.attachment.port} udp port 8472   # the VXLAN path",
+        f"  ip netns exec {ul} tcpdump -ni {n1.attachment.port} -T vxlan udp port 8472   # the VXLAN path",
         f"  ip netns exec {n1.ns.name} ip -d link show flannel.1",
         f"  ip netns exec {ul} etcdctl --endpoints {cluster.etcd.endpoint} "
         f"get --prefix {cluster.spec.prefix}",
