@@ -10,12 +10,14 @@ Revoked or expired -> take the same subnet back; if another node holds it, Lease
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import itertools
 import logging
 import random
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
 from daemon.registry import KeyValue, Registry, RegistryError
@@ -34,14 +36,18 @@ class LeaseLostError(LeaseError):
     """Our subnet now belongs to another node: pod addresses here would be wrong."""
 
 
-def parse_leases(kvs: list[KeyValue]) -> list[Lease]:
-    out = []
-    for kv in kvs:
-        try:
-            out.append(load_lease(kv.key, kv.value))
-        except ValueError as e:
-            log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
-    return out
+def parse_lease(kv: KeyValue) -> Optional[Lease]:
+    """A lease from etcd, or None (logged) when someone stored something unreadable."""
+    try:
+        return load_lease(kv.key, kv.value)
+    except ValueError as e:
+        log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
+        return None
+
+
+def parse_leases(kvs: list[KeyValue]) -> dict[str, Lease]:
+    """key -> Lease for every readable lease of a listing."""
+    return {kv.key: lease for kv in kvs if (lease := parse_lease(kv)) is not None}
 
 
 def fits_config(lease: Lease, config: NetworkConfig) -> bool:
@@ -55,33 +61,41 @@ def fits_config(lease: Lease, config: NetworkConfig) -> bool:
     return lease.ipv6_subnet is None
 
 
-def _free(candidates, taken) -> list:
+def _free(candidates: Iterator, taken: list) -> list:
+    """The first RANDOM_POOL candidates overlapping no taken subnet (bisect: 5000 leases are cheap)."""
+    spans = sorted((int(t.network_address), int(t.broadcast_address)) for t in taken)
+    starts = [lo for lo, _ in spans]
+    reach = list(itertools.accumulate((hi for _, hi in spans), max))  # furthest end so far
     out = []
     for net in candidates:
-        if not any(net.overlaps(t) for t in taken):
-            out.append(net)
-            if len(out) == RANDOM_POOL:
-                break
+        i = bisect.bisect_right(starts, int(net.broadcast_address))
+        if i and reach[i - 1] >= int(net.network_address):
+            continue  # some taken subnet starts before our end and reaches our start
+        out.append(net)
+        if len(out) == RANDOM_POOL:
+            break
     return out
 
 
-def _v6_candidates(config: NetworkConfig):
-    size = 1 << (128 - config.ipv6_subnet_len)
-    addr, end = int(config.ipv6_subnet_min), int(config.ipv6_subnet_max)
-    while addr <= end:  # lazy: an IPv6 range can hold 2**64 subnets
-        yield ipaddress.IPv6Network((addr, config.ipv6_subnet_len))
-        addr += size
+def _candidates(network, first, last, length: int) -> Iterator:
+    """Every subnet of `length` in network from first to last, lazily (IPv6: up to 2**64)."""
+    size = 1 << (network.max_prefixlen - length)
+    for addr in range(int(first), int(last) + 1, size):
+        yield type(network)((addr, length))
 
 
 def pick_free_subnet(config: NetworkConfig, leases: list[Lease], rng: random.Random) -> Lease:
     """A random subnet (pair) among the first free ones; only subnets, attrs filled later."""
-    v4 = _free(config.subnets(), [lease.subnet for lease in leases])
+    v4 = _free(_candidates(config.network, config.subnet_min, config.subnet_max,
+                           config.subnet_len), [lease.subnet for lease in leases])
     if not v4:
         raise LeaseError(f"out of subnets: all of {config.subnet_min}..{config.subnet_max} "
                          f"/{config.subnet_len} are leased")
     v6 = None
     if config.enable_ipv6:
-        pool = _free(_v6_candidates(config), [x.ipv6_subnet for x in leases if x.ipv6_subnet])
+        pool = _free(_candidates(config.ipv6_network, config.ipv6_subnet_min,
+                                 config.ipv6_subnet_max, config.ipv6_subnet_len),
+                     [x.ipv6_subnet for x in leases if x.ipv6_subnet])
         if not pool:
             raise LeaseError("out of IPv6 subnets")
         v6 = rng.choice(pool)
@@ -118,6 +132,8 @@ class LeaseManager:
         self.own: Optional[Lease] = None
         self.lease_id = 0
         self.renew_at = 0.0
+        # The last full listing (revision, kvs, parsed): the watcher starts from it.
+        self.listing: Optional[tuple[int, list[KeyValue], dict[str, Lease]]] = None
         self._value = ""
         self._lock = threading.Lock()
 
@@ -132,13 +148,16 @@ class LeaseManager:
         raise LeaseError(f"max retries ({RACE_RETRIES}) reached trying to acquire a subnet")
 
     def _try_acquire(self, attrs: LeaseAttrs, previous: Optional[SubnetEnv]) -> Optional[Lease]:
-        _, kvs = self.registry.list_leases()
-        leases = parse_leases(kvs)
+        revision, kvs = self.registry.list_leases()
+        parsed = parse_leases(kvs)
+        self.listing = (revision, kvs, parsed)
+        raw = {kv.key: kv.value for kv in kvs}
+        leases = list(parsed.values())
         mine = [x for x in leases if x.attrs.public_ip == attrs.public_ip]
         for lease in mine:
             if fits_config(lease, self.config):
-                raw = next(kv.value for kv in kvs if kv.key == lease.key)
-                lease_id, _ = self.registry.renew_lease(lease.key, raw.decode(), self._value, self.ttl)
+                lease_id, _ = self.registry.renew_lease(lease.key, raw[lease.key].decode(),
+                                                        self._value, self.ttl)
                 if lease_id is None:
                     return None  # changed under us: start over
                 log.info("reusing lease subnet=%s public_ip=%s", lease.key, attrs.public_ip)
@@ -220,4 +239,4 @@ def _public_ip_of(value: bytes) -> Optional[ipaddress.IPv4Address]:
 
 
 __all__ = ["LeaseManager", "LeaseError", "LeaseLostError", "RegistryError", "fits_config",
-           "parse_leases", "pick_free_subnet", "previous_subnet"]
+           "parse_lease", "parse_leases", "pick_free_subnet", "previous_subnet"]

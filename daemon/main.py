@@ -73,13 +73,13 @@ class Daemon:
             self.config = self.wait_for_config()
             node = self.select_node()
             self.backend = self.make_backend(node)
-            attrs = self.backend.prepare()
+            attrs = self._dataplane("prepare the data plane", self.backend.prepare)
             self.leases = LeaseManager(self.registry, self.config, self.settings.lease_ttl,
                                        self.settings.renew_margin_seconds)
             own = self._retrying("acquire lease", lambda: self.leases.acquire(attrs, self._old_subnet_env()))
             self._lease_changed(own)
-            self.backend.configure(own)
-            masquerade = self.setup_masquerade(own)
+            self._dataplane("configure the data plane", lambda: self.backend.configure(own))
+            masquerade = self._dataplane("install masquerade rules", lambda: self.setup_masquerade(own))
             self.write_subnet_env(own)
             self.start_loops(masquerade)
             self.start_cni_server()
@@ -202,6 +202,9 @@ class Daemon:
                                     on_change=lambda: self.reconciler.trigger("etcd"),
                                     own_key=lambda: self.leases.own.key if self.leases.own else None,
                                     on_own_key=self._on_own_key)
+        if self.leases.listing is not None:  # acquisition's listing: no need to list twice
+            self.watcher.load_snapshot(*self.leases.listing)
+            self.leases.listing = None
         self.reconciler.start()
         self.watcher.start()
         self._kernel_watch = self.backend.watch_kernel(lambda: self.reconciler.trigger("kernel"))
@@ -286,6 +289,16 @@ class Daemon:
                 raise FatalError(str(e)) from None
             self._sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _dataplane(self, what: str, fn: Callable):
+        """Kernel or iptables work at startup: a failure stops us with one line."""
+        from daemon.dataplane import DataplaneError
+        from daemon.masquerade import MasqueradeError
+        try:
+            return fn()
+        except (DataplaneError, MasqueradeError, OSError) as e:
+            log.exception("cannot %s", what)
+            raise FatalError(f"cannot {what}: {e}") from None
 
     def _sleep(self, seconds: float) -> None:
         if self.stopping.wait(seconds):

@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from conf.flannel import Lease, load_lease
+from conf.flannel import Lease
+from daemon.leases import parse_lease, parse_leases
 from daemon.metrics import Metrics
 from daemon.registry import (CompactedError, KeyValue, Registry, RegistryError,
                              RegistryUnavailableError, WatchBatch)
@@ -60,13 +61,13 @@ class LeaseWatcher:
 
     # ------------------------------------------------------------ applying changes
 
-    def load_snapshot(self, revision: int, kvs: list[KeyValue]) -> bool:
-        """Replace the known set by a full listing; True if anything changed."""
-        fresh = {}
-        for kv in kvs:
-            known = self._parse(kv)
-            if known is not None:
-                fresh[kv.key] = known
+    def load_snapshot(self, revision: int, kvs: list[KeyValue],
+                      parsed: Optional[dict[str, Lease]] = None) -> bool:
+        """Replace the known set by a full listing (already parsed if `parsed` is given);
+        True if anything changed."""
+        if parsed is None:
+            parsed = parse_leases(kvs)
+        fresh = {kv.key: KnownLease(parsed[kv.key], kv.lease_id) for kv in kvs if kv.key in parsed}
         with self._lock:
             changed = fresh != self._known
             own = self.own_key()
@@ -96,12 +97,10 @@ class LeaseWatcher:
         self._publish(changed, own_touched)
         return changed
 
-    def _parse(self, kv: KeyValue) -> Optional[KnownLease]:
-        try:
-            return KnownLease(load_lease(kv.key, kv.value), kv.lease_id)
-        except ValueError as e:
-            log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
-            return None
+    @staticmethod
+    def _parse(kv: KeyValue) -> Optional[KnownLease]:
+        lease = parse_lease(kv)
+        return KnownLease(lease, kv.lease_id) if lease is not None else None
 
     def _publish(self, changed: bool, own_changed: bool) -> None:
         self.metrics.set("leases_known", len(self._known))

@@ -133,8 +133,8 @@ def test_a_full_network_says_out_of_subnets():
 
 
 def test_random_pick_stays_within_the_first_100_free_subnets():
-    leases = parse_leases([KeyValue(f"10.244.{i}.0-24", attrs(f"10.0.0.{i}").dump_json().encode(), 1, 1)
-                           for i in range(1, 11)])
+    leases = list(parse_leases([KeyValue(f"10.244.{i}.0-24", attrs(f"10.0.0.{i}").dump_json().encode(), 1, 1)
+                                for i in range(1, 11)]).values())
     picks = {pick_free_subnet(CONFIG, leases, random.Random(s)).subnet for s in range(300)}
     thirds = sorted(int(p.network_address.packed[2]) for p in picks)
     assert thirds[0] >= 11 and thirds[-1] <= 110 and len(picks) > 50
