@@ -28,6 +28,7 @@ from ipam.allocator import (
     Allocator,
     Range,
     collect_garbage,
+    describe,
     held_by,
     make_range_sets,
     range_sets_from_subnet_env,
@@ -97,7 +98,10 @@ def requested_ips(req: Request, netconf: NetConf) -> list[IPAddr]:
     out: list[IPAddr] = []
     for part in filter(None, req.env.args.get("IP", "").split(",")):
         out.append(_parse_ip(part, "CNI_ARGS.IP", InvalidEnvError))
-    sources = (("args.cni.ips", (netconf.args.get("cni") or {}).get("ips")),
+    cni_args = netconf.args.get("cni")
+    if cni_args is not None and not isinstance(cni_args, dict):
+        raise InvalidConfigError("invalid network configuration: field 'args.cni' must be an object")
+    sources = (("args.cni.ips", (cni_args or {}).get("ips")),
                ("runtimeConfig.ips", netconf.runtime_config.get("ips")))
     for field, values in sources:
         if values is None:
@@ -142,7 +146,7 @@ def cmd_check(req: Request) -> None:
         if not plan.covers(ip):
             raise CheckFailedError(
                 f"{ip} held by container {cid} interface {ifname} is outside the current ranges "
-                + "; ".join(",".join(map(str, rs)) for rs in plan.range_sets))
+                + "; ".join(describe(rs) for rs in plan.range_sets))
     prev = Result.load(net.netconf.prev_result)
     for ipc in prev.ips:
         ip = ipc.interface_address.ip

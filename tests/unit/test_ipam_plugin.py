@@ -102,6 +102,7 @@ def test_requested_address_three_ways(node, how):
     ({"cni_args": "IP=banana"}, 4, "CNI_ARGS.IP"),
     ({"args": {"cni": {"ips": ["10.244.1.5", "nope"]}}}, 7, "args.cni.ips[1]"),
     ({"runtimeConfig": {"ips": "10.244.1.5"}}, 7, "runtimeConfig.ips"),
+    ({"args": {"cni": ["10.244.1.5"]}}, 7, "'args.cni'"),
     ({"cni_args": "IP=10.99.0.5"}, 101, "not inside any configured range"),
 ])
 def test_bad_requests_change_nothing(node, kw, code, needle):
