@@ -1,5 +1,5 @@
 # flannelette: `make demo` runs a 3-node cluster in network namespaces, `make test` runs every test tier.
-.PHONY: setup test unit demo demo-down bench clean
+.PHONY: setup test unit demo demo-down bench build clean
 
 setup:
 	bash packaging/dev-setup.sh
@@ -18,6 +18,9 @@ demo-down:
 
 bench: setup
 	.venv/bin/python -m tests.bench
+
+build: setup
+	.venv/bin/python packaging/build.py
 
 clean:
 	rm -rf build dist .venv

@@ -59,12 +59,12 @@ class FastPathServer:
     """`python -m daemon.cni_server --socket PATH` inside netns `netns_name` (None: here)."""
 
     def __init__(self, socket_path: str, netns_name: Optional[str] = None, workers: int = 8,
-                 log_path: Optional[str] = None):
+                 log_path: Optional[str] = None, log_level: str = "DEBUG"):
         self.socket_path = socket_path
         self.log_path = log_path or socket_path + ".log"
         prefix = ["ip", "netns", "exec", netns_name] if netns_name else []
         cmd = [*prefix, VENV_PYTHON, "-m", "daemon.cni_server", "--socket", socket_path,
-               "--workers", str(workers), "--log-level", "DEBUG"]
+               "--workers", str(workers), "--log-level", log_level]
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
