@@ -28,7 +28,6 @@ from typing import Iterator, Optional
 
 from conf.cni import CONTAINER_ID_RE
 from conf.errors import IOFailureError
-from conf.flannel import write_atomic
 from ipam.store import IPAddr, Reservation, ip_sort_key
 
 LOCK_FILE = "lock"
@@ -71,7 +70,7 @@ class DiskStore:
             os.unlink(path)  # a writer died before writing anything: nobody holds it
         if not self._link_new(path, f"{container_id}{LINE_BREAK}{ifname}".encode()):
             return False
-        write_atomic(self._last_reserved_path(range_id), str(ip).encode(), 0o644)
+        self._write_hint(self._last_reserved_path(range_id), str(ip))
         return True
 
     def last_reserved_ip(self, range_id: int) -> Optional[IPAddr]:
@@ -174,6 +173,17 @@ class DiskStore:
             os.unlink(tmp)
         self._sync_dir()
         return True
+
+    def _write_hint(self, path: str, text: str) -> None:
+        """Replace by rename, without fsync: a hint lost in a crash only moves where
+        the round-robin starts, and one fsync fewer is a third off each ADD."""
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + os.path.basename(path) + ".")
+        try:
+            os.write(fd, text.encode())
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
 
     def _sync_dir(self) -> None:
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
