@@ -217,6 +217,9 @@ class Registry:
         kvs = [self._kv(kv.key, kv.value, kv.lease, kv.mod_revision) for kv in resp.kvs]
         return resp.header.revision, kvs
 
+    def current_revision(self) -> int:
+        return self._call(lambda c: c.get_prefix_response(self.subnets_prefix, count_only=True)).header.revision
+
     def _kv(self, key: bytes, value: bytes, lease_id: int, mod_revision: int) -> KeyValue:
         return KeyValue(key.decode()[len(self.subnets_prefix):], value, lease_id, mod_revision)
 

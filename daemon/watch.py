@@ -126,6 +126,9 @@ class LeaseWatcher:
         need_list = self.revision == 0
         while not self._stop.is_set():
             try:
+                if not need_list and self._broken and self.registry.current_revision() < self.revision:
+                    log.warning("etcd went back in time (restored or rebuilt), listing again")
+                    need_list = True
                 if need_list:
                     self.load_snapshot(*self.registry.list_leases())
                     need_list = False

@@ -50,11 +50,26 @@ from daemon.leases import LeaseManager
 from daemon.logs import setup_logging
 from daemon.registry import Registry
 setup_logging(0)
-registry = Registry(DaemonSettings(etcd_endpoints=sys.argv[1]))
-manager = LeaseManager(registry, load_network_config(registry.get_config()), 600, 60)
-while not os.path.exists(sys.argv[3]):
-    time.sleep(0.01)
-print(manager.acquire(LeaseAttrs(PublicIP=sys.argv[2], BackendType="alloc")).key)
+endpoint, count, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+children = []
+for i in range(1, count + 1):  # imported once, forked: each racer has its own etcd connection
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            registry = Registry(DaemonSettings(etcd_endpoints=endpoint))
+            manager = LeaseManager(registry, load_network_config(registry.get_config()), 600, 60)
+            while not os.path.exists(go):
+                time.sleep(0.005)
+            lease = manager.acquire(LeaseAttrs(PublicIP=f"10.77.1.{i}", BackendType="alloc"))
+            os.write(1, (lease.key + "\\n").encode())  # one write: racers share the pipe
+            code = 0
+        finally:
+            os._exit(code)
+    children.append(pid)
+time.sleep(1.0)  # every racer connected and waiting
+open(go, "w").close()
+sys.exit(max(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children))
 """
 
 
@@ -62,19 +77,13 @@ def test_twenty_racing_nodes_get_twenty_distinct_leases(underlay):
     # 40 subnets for 20 nodes: random picks collide, so the create-if-absent txn must decide.
     underlay.etcd.put(PREFIX + "/config", '{"Network": "10.244.0.0/16", "SubnetMin": "10.244.1.0",'
                       ' "SubnetMax": "10.244.40.0", "Backend": {"Type": "alloc"}}')
-    go = os.path.join(underlay.dir, "go")
-    procs = [underlay.ns.popen(os.sys.executable, "-c", RACER, underlay.etcd.endpoint,
-                               f"10.77.1.{i}", go, stdout=-1, stderr=-1) for i in range(1, 21)]
-    time.sleep(1.5)  # let every racer import and connect before the start signal
-    open(go, "w").close()
-    outs = [p.communicate(timeout=60) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e.decode()[-500:] for _, e in outs]
-    keys = [o.decode().strip() for o, _ in outs]
+    proc = underlay.python(RACER, underlay.etcd.endpoint, "20", os.path.join(underlay.dir, "go"))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    keys = proc.stdout.decode().split()
     held = leases(underlay)
-    assert len(set(keys)) == 20 and set(keys) == set(held)
+    assert len(keys) == 20 and len(set(keys)) == 20 and set(keys) == set(held)
     assert {v["PublicIP"] for v in held.values()} == {f"10.77.1.{i}" for i in range(1, 21)}
-    races = sum(e.decode().count("lost a race") for _, e in outs)
-    print(f"\n20 racers, {races} lost races retried")
+    print(f"\n20 racers, {proc.stderr.decode().count('lost a race')} lost races retried")
 
 
 def test_a_restarted_daemon_keeps_its_subnet_even_after_sigkill(underlay):

@@ -28,6 +28,9 @@ class FakeRegistry:
         self.resets = 0
         self.fail_next_watch: Exception | None = None
 
+    def current_revision(self):
+        return self.listing[0]
+
     def list_leases(self):
         self.lists += 1
         return self.listing
@@ -92,6 +95,7 @@ def test_a_broken_stream_resumes_from_the_last_revision_and_counts_a_reconnect()
     try:
         send = reg.streams.get(timeout=5)
         send(WatchBatch(15, puts=[kv(3)]))
+        reg.listing = (15, [kv(2), kv(3)])  # what etcd holds now (current_revision 15)
         send(RegistryUnavailableError("etcd gone"))
         reg.streams.get(timeout=5)
         assert reg.watch_starts == [11, 16] and reg.lists == 1 and reg.resets == 1
@@ -125,5 +129,19 @@ def test_an_unreadable_lease_value_is_skipped():
     try:
         reg.streams.get(timeout=5)
         assert changes.acquire(timeout=5) and keys(w) == ["10.244.1.0-24"]
+    finally:
+        w.stop()
+
+
+def test_an_etcd_that_went_back_in_time_is_listed_again():
+    reg = FakeRegistry((10, [kv(1), kv(2)]))
+    w, changes, _ = started(reg)
+    try:
+        send = reg.streams.get(timeout=5)
+        assert changes.acquire(timeout=5)
+        reg.listing = (3, [kv(2)])  # restored from an old backup: revision 3 < 10
+        send(RegistryUnavailableError("etcd gone"))
+        reg.streams.get(timeout=5)
+        assert keys(w) == ["10.244.2.0-24"] and reg.lists == 2 and reg.watch_starts[-1] == 4
     finally:
         w.stop()
