@@ -97,6 +97,10 @@ class CniNode:
         out = json.loads(self.node.out("ip", "-d", "-j", "link", "show"))
         return {link["ifname"]: link for link in out}
 
+    def node_veths(self) -> set[str]:
+        return {name for name, link in self.node_links().items()
+                if link.get("linkinfo", {}).get("info_kind") == "veth"}
+
     def pod_addresses(self, pod: NetNS, ifname: str = "eth0") -> set:
         out = json.loads(pod.out("ip", "-j", "addr", "show", "dev", ifname))
         return {ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}")

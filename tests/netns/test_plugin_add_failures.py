@@ -14,10 +14,6 @@ from tests.support.cni import cni_env
 pytestmark = pytest.mark.timeout(180)
 
 
-def _veths(cni) -> set[str]:
-    return {name for name, link in cni.node_links().items() if link.get("linkinfo", {}).get("info_kind") == "veth"}
-
-
 def test_wrong_bridge_address_is_explained(cni):
     cni.node.run("ip", "link", "add", "cni0", "type", "bridge")
     cni.node.run("ip", "addr", "add", "10.244.7.1/24", "dev", "cni0")
@@ -26,7 +22,7 @@ def test_wrong_bridge_address_is_explained(cni):
     assert out.status != 0 and out.result["code"] == 102
     assert "10.244.7.1/24" in out.result["msg"] and "10.244.1.1/24" in out.result["msg"]
     assert "ip link delete cni0" in out.result["details"]
-    assert _veths(cni) == set() and cni.allocations() == {}
+    assert cni.node_veths() == set() and cni.allocations() == {}
     assert json.loads(pod.out("ip", "-j", "link", "show"))[0]["ifname"] == "lo"
 
 
@@ -67,10 +63,10 @@ def test_delegated_ipam_failure_keeps_its_code_and_removes_the_veth(cni):
     out = cni.run("ADD", bad, cid="c-hl2", pod=cni.pod())
     assert direct.status != 0 and out.result["code"] == direct.result["code"], (out, direct)
     assert direct.result["msg"] in out.result["msg"]
-    assert len(_veths(cni)) == 1
+    assert len(cni.node_veths()) == 1
     out = cni.run("ADD", cni.conf(ipam={"type": "no-such-ipam"}), cid="c-none", pod=cni.pod())
     assert out.result["code"] == 105 and "no-such-ipam" in out.result["msg"]
-    assert len(_veths(cni)) == 1
+    assert len(cni.node_veths()) == 1
 
 
 def test_interface_already_in_the_pod_is_refused_and_nothing_changes(cni):
@@ -96,7 +92,7 @@ def test_retry_after_a_half_built_add_gives_the_same_address(cni):
     second = cni.add(pod, "c-retry")
     assert second["ips"] == first["ips"]
     assert second["interfaces"][1]["name"] == first["interfaces"][1]["name"]
-    assert len(_veths(cni)) == 1 and len(cni.allocations()) == 1
+    assert len(cni.node_veths()) == 1 and len(cni.allocations()) == 1
     pod.run("ping", "-c1", "-W2", "10.244.1.1")
 
 
@@ -120,6 +116,6 @@ def test_retry_after_kill_at_any_point_succeeds(cni):
         results.append(cni.add(pod, "c-kill"))
     assert all(r["ips"] == results[0]["ips"] for r in results)
     assert cni.state_files() == ["c-kill:eth0.json"]
-    assert len(_veths(cni)) == 1 and len(cni.allocations()) == 1
+    assert len(cni.node_veths()) == 1 and len(cni.allocations()) == 1
     assert cni.delete(pod, "c-kill").status == 0
-    assert _veths(cni) == set() and cni.allocations() == {}
+    assert cni.node_veths() == set() and cni.allocations() == {}

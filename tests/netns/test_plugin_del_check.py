@@ -8,21 +8,17 @@ import pytest
 pytestmark = pytest.mark.timeout(120)
 
 
-def _veths(cni) -> set[str]:
-    return {name for name, link in cni.node_links().items() if link.get("linkinfo", {}).get("info_kind") == "veth"}
-
-
 # ---------------------------------------------------------------- DEL
 
 
 def test_del_removes_veth_allocation_and_state_and_is_idempotent(cni):
     pod = cni.pod()
     cni.add(pod, "c-del")
-    assert _veths(cni) and cni.allocations() and cni.state_files()
+    assert cni.node_veths() and cni.allocations() and cni.state_files()
     for _ in range(2):
         out = cni.delete(pod, "c-del")
         assert (out.status, out.result) == (0, None), out
-        assert _veths(cni) == set() and cni.allocations() == {} and cni.state_files() == []
+        assert cni.node_veths() == set() and cni.allocations() == {} and cni.state_files() == []
     assert [line.split()[0] for line in pod.out("ip", "-br", "link").splitlines()] == ["lo"]
 
 
@@ -41,7 +37,7 @@ def test_del_without_subnet_env_uses_what_add_saved(cni):
     os.unlink(cni.subnet_file)
     out = cni.delete(pod, "c-nosubnet")
     assert out.status == 0, out
-    assert _veths(cni) == set() and cni.allocations() == {}
+    assert cni.node_veths() == set() and cni.allocations() == {}
 
 
 def test_del_after_subnet_env_changed_releases_the_old_address(cni):
@@ -49,7 +45,7 @@ def test_del_after_subnet_env_changed_releases_the_old_address(cni):
     cni.add(pod, "c-moved")
     cni.write_subnet_env(subnet="10.244.9.1/24")
     assert cni.delete(pod, "c-moved").status == 0
-    assert _veths(cni) == set() and cni.allocations() == {}
+    assert cni.node_veths() == set() and cni.allocations() == {}
 
 
 def test_del_without_saved_state_finds_the_veth_by_its_name(cni):
@@ -58,7 +54,7 @@ def test_del_without_saved_state_finds_the_veth_by_its_name(cni):
     cni.add(pod, "c-nostate")
     os.unlink(os.path.join(cni.data_dir, "flt-net", "c-nostate:eth0.json"))
     assert cni.delete(pod, "c-nostate").status == 0
-    assert _veths(cni) == set() and cni.allocations() == {}
+    assert cni.node_veths() == set() and cni.allocations() == {}
 
 
 def test_del_of_an_unknown_container_succeeds_and_touches_nothing_else(cni):

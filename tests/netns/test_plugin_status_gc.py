@@ -8,10 +8,6 @@ import pytest
 pytestmark = pytest.mark.timeout(120)
 
 
-def _veths(cni) -> set[str]:
-    return {name for name, link in cni.node_links().items() if link.get("linkinfo", {}).get("info_kind") == "veth"}
-
-
 def test_status_ready_with_a_valid_subnet_env(cni):
     out = cni.run("STATUS", cni.conf("1.1.0"))
     assert (out.status, out.result) == (0, None), out
@@ -47,7 +43,7 @@ def test_gc_removes_only_attachments_the_runtime_no_longer_knows(cni):
     out = cni.run("GC", cni.conf("1.1.0", **{"cni.dev/valid-attachments": valid}))
     assert (out.status, out.result) == (0, None), out
 
-    assert _veths(cni) == {kept["interfaces"][1]["name"]}
+    assert cni.node_veths() == {kept["interfaces"][1]["name"]}
     assert dropped["interfaces"][1]["name"] not in cni.node_links()
     assert list(cni.allocations()) == [kept["ips"][0]["address"].split("/")[0]]
     assert cni.state_files() == ["c-keep:eth0.json"]
@@ -60,7 +56,7 @@ def test_gc_with_nothing_valid_clears_everything_and_needs_the_list(cni):
         cni.add(cni.pod(), cid, version="1.1.0")
     out = cni.run("GC", cni.conf("1.1.0"))
     assert out.result["code"] == 7 and "valid-attachments" in out.result["msg"]
-    assert len(_veths(cni)) == 2
+    assert len(cni.node_veths()) == 2
     out = cni.run("GC", cni.conf("1.1.0", **{"cni.dev/valid-attachments": []}))
     assert out.status == 0, out
-    assert _veths(cni) == set() and cni.allocations() == {} and cni.state_files() == []
+    assert cni.node_veths() == set() and cni.allocations() == {} and cni.state_files() == []

@@ -59,4 +59,4 @@ def test_concurrent_add_and_del_on_pool_threads(cni):
         assert result["interfaces"][2]["sandbox"] == pod.path
     assert [status for status, _ in report["dels"]] == [0] * 16
     assert cni.allocations() == {} and cni.state_files() == []
-    assert [name for name in cni.node_links() if name.startswith("veth")] == []
+    assert cni.node_veths() == set()
