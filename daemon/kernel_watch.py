@@ -3,14 +3,18 @@
 The events our own reconcile causes must not wake it again, or the loop would
 chase its tail: an event matters only when it moves the kernel away from the
 last plan (a wanted entry deleted or changed, a foreign entry on our device, our
-device gone or down, its address removed). A lost-event overflow (ENOBUFS) is
-treated as "something changed".
+device gone or down, its address removed). Route and neighbour events that our
+own requests caused carry our socket's port and are skipped unparsed, and while
+a reconcile runs the watch waits and reads the backlog afterwards: a join of
+5000 peers emits 15000 events, and taking them one by one meanwhile would steal
+the GIL from the reconcile. A lost-event overflow (ENOBUFS) is treated as
+"something changed".
 """
 from __future__ import annotations
 
 import errno
 import logging
-import select
+import socket
 import threading
 from typing import Callable
 
@@ -29,6 +33,8 @@ class KernelWatch(threading.Thread):
         super().__init__(name="kernel-watch", daemon=True)
         self.backend, self.callback = backend, callback
         self.sock = nl.RtnlSocket(groups=GROUPS)  # created here: in the caller's netns
+        self.sock.sock.settimeout(0.5)  # wake up now and then to notice stop()
+        self.own_port = backend._sock.port
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -37,16 +43,18 @@ class KernelWatch(threading.Thread):
     def run(self) -> None:
         try:
             while not self._stop.is_set():
-                if not select.select([self.sock.sock], [], [], 0.5)[0]:
-                    continue
                 try:
                     buf = self.sock.recv()
+                except socket.timeout:
+                    continue
                 except OSError as e:
                     if e.errno != errno.ENOBUFS:
                         raise
                     log.info("kernel event queue overflowed; reconciling to be sure")
                     self.callback()
                     continue
+                with self.backend._lock:  # a reconcile is running: read its echoes after it
+                    pass
                 reason = self.first_reason(buf)
                 if reason:
                     log.info("kernel change: %s", reason)
@@ -58,6 +66,8 @@ class KernelWatch(threading.Thread):
 
     def first_reason(self, buf: bytes) -> str:
         for mtype, _flags, _seq, off, end in nl.iter_messages(buf):
+            if nl.sender_port(buf, off) == self.own_port:
+                continue
             why = self.why(mtype, buf, off, end)
             if why:
                 return why

@@ -177,6 +177,11 @@ def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
         off += (length + 3) & ~3
 
 
+def sender_port(buf: bytes, payload_off: int) -> int:
+    """nlmsg_pid of a message: a notification caused by a request carries the requester's port."""
+    return _U32.unpack_from(buf, payload_off - 4)[0]
+
+
 def iter_attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
     """Yield (type, offset of value, length of value)."""
     while off + 4 <= end:
@@ -279,8 +284,8 @@ class RtnlSocket:
                                   socket.NETLINK_ROUTE)
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-        try:  # root may exceed rmem_max; dumps and event bursts need the room
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+        try:  # root may exceed rmem_max; dumps and event bursts (a join's echoes) need room
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, (64 if groups else 16) << 20)  # FORCE
         except OSError:
             pass
         self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
@@ -295,6 +300,10 @@ class RtnlSocket:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[0]
 
     def recv(self) -> bytes:
         return self.sock.recv(1 << 20)
