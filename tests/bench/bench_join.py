@@ -87,7 +87,7 @@ def inside(n: int, direct: bool, watch: bool) -> dict:
     rss_imports = rss_mib()[0]
     conf = load_network_config(json.dumps({"Network": "10.0.0.0/8", "Backend": {
         "Type": "vxlan", "DirectRouting": direct}}))
-    backend = make_backend(conf, discover_node("eth0", None, None), "/tmp/flt-bench-state")
+    backend = make_backend(conf, discover_node("eth0", None, None), "")  # MAC derived, not stored
     attrs = backend.prepare()
     own = Lease(subnet="10.255.1.0/24", attrs=attrs)
     backend.configure(own)
