@@ -159,13 +159,26 @@ def write_out(data):
         view = view[posix.write(1, view):]
 
 
-def _enable_frozen_pkgutil():
-    """In the PyInstaller build, PyInstaller's pkgutil runtime hook is left out of start-up
-    (it imports ~40 modules, ~15 ms per call) and run here instead: pyroute2 lists its
-    link-kind plugins with pkgutil.iter_modules. packaging/flannelette.spec bundles it."""
-    hook = sys._MEIPASS + "/flannelette-slowpath/pyi_rth_pkgutil.py"
-    with open(hook) as f:
-        exec(compile(f.read(), hook, "exec"), {"__name__": "__main__", "__file__": hook})
+def _exec_full_stack(stdin):
+    """Frozen build: hand the request to `flannelette-full` (packaging/flannelette.spec),
+    which holds the in-process stack this lean executable leaves out. stdin goes over in a
+    memfd; the environment loses the bootloader's private variables, so the second
+    bootloader starts afresh."""
+    fd = posix.memfd_create("flannelette-stdin", 0)
+    view = memoryview(stdin)
+    while view:
+        view = view[posix.write(fd, view):]
+    posix.lseek(fd, 0, 0)
+    posix.dup2(fd, 0)
+    posix.close(fd)
+    env = {k: v for k, v in posix.environ.items() if not k.startswith(b"_PYI_")}
+    original = env.pop(b"LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        env.pop(b"LD_LIBRARY_PATH", None)
+    else:
+        env[b"LD_LIBRARY_PATH"] = original
+    full = sys.executable.rpartition("/")[0] + "/flannelette-full"
+    posix.execve(full, [sys.argv[0]], env)
 
 
 def run_in_process(stdin, fd=-1):
@@ -174,10 +187,10 @@ def run_in_process(stdin, fd=-1):
         posix.close(fd)  # the handlers open CNI_NETNS themselves, as the daemon cannot here
     try:
         if getattr(sys, "frozen", False):
-            _enable_frozen_pkgutil()
+            _exec_full_stack(stdin)
         import os
         from cni_plugin import main as inproc
-        import cni_plugin.handlers  # noqa: F401  (imported here so a broken bundle is reported)
+        import cni_plugin.handlers  # noqa: F401  (imported here so a broken install is reported)
     except Exception as e:  # a broken install: say so as a CNI error, not a traceback
         config = parse_json(stdin) or {}
         write_out(error_reply(config, 999, "flannelette cannot load its in-process plugin stack: %s: %s"
@@ -219,10 +232,10 @@ def run_cni():
 
 def main():
     argv = sys.argv
-    if argv[0].rpartition("/")[2] == "flannelette-ipam":  # one frozen binary serves both names
+    if argv[0].rpartition("/")[2] == "flannelette-ipam":  # the script form: one stub, both names
         from ipam.main import main as ipam_main
         return ipam_main()
-    if len(argv) > 1 and argv[1] == "status":
+    if len(argv) > 1 and argv[1] == "status":  # only the lean path: json/argparse, no plugin stack
         from cni_plugin.status import main as status_main
         sys.exit(status_main(argv[2:]))
     status = run_cni()

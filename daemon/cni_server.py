@@ -17,6 +17,7 @@ gets the same address.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -42,6 +43,8 @@ MAX_ENV = 1 << 16
 MAX_FDS = 4  # the shim sends one; take a few so extra ones are closed rather than leaked
 READ_TIMEOUT = 10.0  # a client that stalls mid-request loses its worker after this
 
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
+CLONE_NEWNET = 0x40000000
 StatusProvider = Callable[[], dict]
 
 
@@ -121,6 +124,20 @@ def read_request(conn: socket.socket) -> tuple[bytes, dict[str, str], bytes, Opt
         if sep and key.startswith(b"CNI_"):
             env[os.fsdecode(key)] = os.fsdecode(value)
     return op, env, stdin, (fds[0] if fds else None)
+
+
+def netns_fd_or_none(fd: Optional[int]) -> Optional[int]:
+    """The passed fd if it is a network namespace; else close it and let the handlers open
+    CNI_NETNS themselves, so a bad path gets the very error the in-process path gives."""
+    if fd is None:
+        return None
+    try:
+        if fcntl.ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNET:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def encode_reply(status: int, payload: bytes) -> bytes:
@@ -223,6 +240,7 @@ class CniServer:
                     return
                 conn.settimeout(READ_TIMEOUT)
                 op, env, stdin, fd = read_request(conn)
+                fd = netns_fd_or_none(fd)
             except (OSError, ProtocolError, struct.error) as e:
                 log.warning("dropping a CNI connection: %s", e)
                 return

@@ -2,8 +2,8 @@
 
     .venv/bin/python packaging/build.py [--force]      (or `make build`)
 
-prints the onedir path (it holds the `flannelette` executable, which also serves as
-`flannelette-ipam` under that name; see flannelette.spec). A build is keyed by a hash of
+prints the onedir path (it holds the lean `flannelette` shim and `flannelette-full`, the
+in-process stack that also serves as `flannelette-ipam`; see flannelette.spec). A build is keyed by a hash of
 everything that goes into it (our bundled sources, the spec, the interpreter and the
 versions of PyInstaller, pydantic and pyroute2), so tests and `make bench` rebuild only
 after a change. Builds live under build/pyinstaller/<key>/; the last few are kept because
@@ -23,15 +23,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "packaging" / "flannelette.spec"
+FULL_ENTRY = REPO / "packaging" / "entry_full.py"
 BUNDLED_PACKAGES = ("conf", "ipam", "cni_plugin")
 PINNED_DISTRIBUTIONS = ("pyinstaller", "pydantic", "pydantic-core", "pyroute2")
 BUILD_ROOT = REPO / "build" / "pyinstaller"
 KEEP_BUILDS = 3
 EXECUTABLE = "flannelette"
+FULL_EXECUTABLE = "flannelette-full"
 
 
 def source_files() -> list[Path]:
-    files = [SPEC, Path(__file__).resolve()]
+    files = [SPEC, FULL_ENTRY, Path(__file__).resolve()]
     for package in BUNDLED_PACKAGES:
         files += sorted(p for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts)
     return files
@@ -51,7 +53,7 @@ def build_key() -> str:
 
 
 def _complete(onedir: Path) -> bool:
-    return (onedir / EXECUTABLE).is_file() and (onedir / ".complete").exists()
+    return all((onedir / exe).is_file() for exe in (EXECUTABLE, FULL_EXECUTABLE)) and (onedir / ".complete").exists()
 
 
 def build(force: bool = False, quiet: bool = True) -> Path:

@@ -4,9 +4,9 @@
                                           [--conf-dir /etc/cni/net.d] [--form frozen|script]
 
 frozen (default): the PyInstaller onedir (built or taken from the build cache) is copied
-to <root>/opt/flannelette/, and <cni-bin-dir>/flannelette and flannelette-ipam become
-relative symlinks to its executable; runtimes exec symlinks like any file, and the
-bootloader finds its libraries through the resolved path.
+to <root>/opt/flannelette/; <cni-bin-dir>/flannelette becomes a relative symlink to its lean
+shim and flannelette-ipam one to flannelette-full. Runtimes exec symlinks like any file,
+and the bootloader finds its libraries through the resolved path.
 script: small `#!<this python> -IS` stubs that import the shim from this checkout
 (development machines; no PyInstaller needed).
 The conflist goes to <conf-dir>/10-flannelette.conflist. Every file is replaced atomically,
@@ -101,8 +101,9 @@ def install(root: str = "/", cni_bin_dir: str = "/opt/cni/bin", conf_dir: str = 
     installed: dict[str, Path] = {}
     if form == "frozen":
         home = install_onedir(root_path, onedir or build.build(), link)
+        targets = {"flannelette": build.EXECUTABLE, "flannelette-ipam": build.FULL_EXECUTABLE}
         for name in EXECUTABLES:
-            _replace_symlink(bin_dir / name, os.path.relpath(home / build.EXECUTABLE, bin_dir))
+            _replace_symlink(bin_dir / name, os.path.relpath(home / targets[name], bin_dir))
             installed[name] = bin_dir / name
     elif form == "script":
         paths = [str(REPO), sysconfig.get_paths()["purelib"]]

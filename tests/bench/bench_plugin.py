@@ -9,8 +9,9 @@ Candidates, each on its own node netns with bridge cni0 and subnet 10.244.1.0/24
 - fastpath: the installed PyInstaller `flannelette` -> warm `python -m daemon.cni_server`
 - fastpath-script: the shim as a `#!python -IS` stub script -> the same warm server
 - inproc: the installed `flannelette` with `daemonSocket: ""` (cold: imports the whole stack)
-Per candidate: N sequential ADDs, N sequential DELs, then N ADDs and N DELs `--parallel`
-at once. Each call is timed from spawn to exit by a worker process that runs inside the
+Per candidate: start-up alone (VERSION), a round trip the daemon rejects at once (no
+netlink work; for the reference, an env error), N sequential ADDs, N sequential DELs,
+then N ADDs and N DELs `--parallel` at once. Each call is timed from spawn to exit by a worker process that runs inside the
 candidate's node netns (so no `ip netns exec` per call). Prints p50/p99 per phase and the
 p50 ratio to the reference.
 """
@@ -33,21 +34,23 @@ from tests.support.netns import NetNS
 REFERENCE_BIN = "/usr/lib/cni"
 NETWORK = "flt-bench"
 SUBNET_ENV = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
-PHASES = ("ADD", "DEL", "ADD-par", "DEL-par")
+PHASES = ("start-up", "round-trip", "ADD", "DEL", "ADD-par", "DEL-par")
 WARMUP = 3
+FLOOR_N = 50
 GOALS = {"ADD": (2.0, 1.5), "DEL": (1.5, 1.25)}  # fast-path p50 ratio: must, goal
 COLD_GOAL = 0.3
 
 
 # ---------------------------------------------------------------- worker (inside a node netns)
 
-def _call(exe: str, command: str, config: bytes, cid: str, netns: str, cni_path: str) -> float:
+def _call(exe: str, command: str, config: bytes, cid: str, netns: str, cni_path: str,
+          ifname: str = "eth0", expect: int = 0) -> float:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
-           "CNI_NETNS": netns, "CNI_IFNAME": "eth0", "CNI_PATH": cni_path}
+           "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": cni_path}
     start = time.perf_counter()
     proc = subprocess.run([exe], input=config, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
+    if proc.returncode != expect:
         raise RuntimeError(f"{command} {cid} failed ({proc.returncode}): {proc.stdout[:300]!r} {proc.stderr[-300:]!r}")
     return elapsed
 
@@ -63,7 +66,16 @@ def worker(spec: dict) -> dict:
         one("ADD", i)
         one("DEL", i)
     n = spec["n"]
-    out = {"ADD": [one("ADD", i) for i in range(n)], "DEL": [one("DEL", i) for i in range(n)]}
+    floors = min(n, FLOOR_N)
+    out = {
+        # Start-up alone (VERSION never reaches a daemon), then a request the daemon
+        # rejects at once (no CNI_IFNAME): the shim's round trip without any netlink work.
+        "start-up": [_call(exe, "VERSION", config, "", "", cni_path) for _ in range(floors)],
+        "round-trip": [_call(exe, "ADD", config, "x", pods[0], cni_path, ifname="", expect=1)
+                       for _ in range(floors)],
+        "ADD": [one("ADD", i) for i in range(n)],
+        "DEL": [one("DEL", i) for i in range(n)],
+    }
     with ThreadPoolExecutor(spec["parallel"]) as pool:
         start = time.perf_counter()
         out["ADD-par"] = list(pool.map(lambda i: one("ADD", i), range(n)))
@@ -131,14 +143,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def report(results: dict[str, dict], n: dict[str, int], parallel: int) -> str:
-    lines = [f"{'candidate':<16} {'phase':<8} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'x ref p50':>9}"]
+    lines = [f"{'candidate':<16} {'phase':<10} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'x ref p50':>9}"]
     ref = results.get("reference")
     for name, res in results.items():
         for phase in PHASES:
             values = res[phase]
             p50 = _pct(values, 0.5)
             ratio = f"{p50 / _pct(ref[phase], 0.5):.2f}" if ref else "-"
-            lines.append(f"{name:<16} {phase:<8} {len(values):>4} {p50:>8.1f} {_pct(values, 0.99):>8.1f} "
+            lines.append(f"{name:<16} {phase:<10} {len(values):>4} {p50:>8.1f} {_pct(values, 0.99):>8.1f} "
                          f"{statistics.mean(values) * 1000:>8.1f} {ratio:>9}")
         lines.append(f"{'':<16} {parallel}-way wall: ADD {res['ADD-par-wall']:.2f} s, DEL {res['DEL-par-wall']:.2f} s "
                      f"for {n[name]} pods")

@@ -61,9 +61,8 @@ def server(tmp_path):
 
 @pytest.fixture
 def cni_env(tmp_path):
-    netns = tmp_path / "fake-netns"
-    netns.write_bytes(b"")
-    return {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": str(netns),
+    # Our own netns file: a real namespace any user may open, the same one the server sees.
+    return {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/proc/self/ns/net",
             "CNI_IFNAME": "eth0", "CNI_ARGS": "K8S_POD_NAME=web;IgnoreUnknown=1", "CNI_PATH": "/x"}
 
 
@@ -96,6 +95,15 @@ def test_fast_path_passes_env_stdin_and_the_netns_fd(server, cni_env):
         "cniVersion": "1.0.0", "container": "c0ffee", "ifname": "eth0",
         "args": {"K8S_POD_NAME": "web", "IgnoreUnknown": "1"}, "stdinLen": len(stdin),
         "netnsFdMatches": True}
+
+
+def test_an_fd_that_is_no_netns_is_not_passed_on(server, cni_env, tmp_path):
+    """The handlers then open CNI_NETNS themselves and fail as the in-process path does."""
+    not_a_netns = tmp_path / "file"
+    not_a_netns.write_bytes(b"")
+    proc = run_shim({**cni_env, "CNI_NETNS": str(not_a_netns)}, conf_bytes(server.socket_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["netnsFdMatches"] is False
 
 
 def test_error_status_and_json_come_back_unchanged(server, cni_env):

@@ -58,3 +58,20 @@ def test_reinstall_replaces_in_place(tmp_path):
     packaging_install.install(str(tmp_path))
     assert not marker.exists()
     assert not any(p.name.endswith((".new", ".old")) for p in (tmp_path / "opt").iterdir())
+
+
+def test_the_frozen_shim_carries_no_plugin_stack():
+    """The lean executable's archive must not hold what the fast path never needs: a bigger
+    archive index and the ctypes bootstrap hook cost every call start-up time."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    onedir = packaging_install.build.build()
+    lean = CArchiveReader(str(onedir / "flannelette"))
+    modules = set(lean.open_embedded_archive("PYZ.pyz").toc)
+    heavy = {m for m in modules if m.split(".")[0] in ("conf", "ipam", "pydantic", "pyroute2", "ctypes",
+                                                        "asyncio", "logging", "inspect", "daemon")}
+    assert heavy == set()
+    assert {"cni_plugin.shim", "cni_plugin.status"} <= modules
+    assert not any(name.startswith("pyi_rth_") for name in lean.toc)  # no runtime hooks at start-up
+    full = CArchiveReader(str(onedir / "flannelette-full"))
+    assert {"cni_plugin.handlers", "ipam.main", "pyroute2", "pydantic"} <= set(full.open_embedded_archive("PYZ.pyz").toc)

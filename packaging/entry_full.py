@@ -1,0 +1,21 @@
+"""Entry of `flannelette-full`, the frozen executable holding the whole in-process stack.
+
+The lean `flannelette` shim execs it (stdin handed over in a memfd) when the daemon cannot
+take a request; `flannelette-ipam` is a symlink to it. Keeping pydantic, pyroute2 and our
+packages out of the shim's own archive keeps every fast-path start-up small.
+"""
+import os
+import sys
+
+
+def main() -> None:
+    if os.path.basename(sys.argv[0]) == "flannelette-ipam":
+        from ipam.main import main as ipam_main
+        ipam_main()
+    else:
+        from cni_plugin.main import main as plugin_main
+        plugin_main()
+
+
+if __name__ == "__main__":
+    main()
