@@ -1,0 +1,178 @@
+"""Benchmark: the real flanneletted (vxlan) joins a cluster of N existing leases (issue 4 item 11).
+
+Setup, all inside `flt-` namespaces: an underlay with a real etcd, N peer leases put
+into it by a small pyetcd client run inside the underlay namespace (all N keys share
+one etcd lease, TTL 1 h, written 100 keys per transaction), then one node running
+`python -m daemon.main` (vxlan, CNI socket on, the default 10 s reconcile tick).
+
+Measured, per round:
+  - process start -> subnet.env written (the node is ready for pods);
+  - process start -> all 3 x N kernel objects on flannel.1 (routes, permanent
+    neighbours, FDB entries), polled with iproute2 counts; and the daemon's own
+    reconcile duration from its log;
+  - the daemon's RSS (VmRSS) and peak (VmHWM) from /proc/<pid>/status after the join,
+    after one `flannelette status` report over the CNI socket, and after a steady state.
+Goals: programming < 2 s (goal 1 s); RSS < 80 MiB (goal 50 MiB).
+
+    sudo .venv/bin/python tests/bench/bench_daemon_join.py [--leases 5000] [--rounds 1] [--steady 60]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+CONFIG = '{"Network": "10.0.0.0/8", "SubnetLen": 24, "Backend": {"Type": "vxlan"}}'
+PROGRAM_GOAL, PROGRAM_LIMIT = 1.0, 2.0
+RSS_GOAL, RSS_LIMIT = 50.0, 80.0
+
+# Runs inside the underlay namespace: N flannel lease values under one shared etcd lease.
+SEED = r"""
+import json, sys, pyetcd
+endpoint, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+host, port = endpoint.rsplit("/", 1)[-1].split(":")
+c = pyetcd.client(host=host, port=int(port), timeout=30)
+lease = c.lease(3600)
+t = c.transactions
+ops = []
+for x in range(n):
+    third, fourth = 1 + x // 250, x % 250 + 1
+    value = json.dumps({"PublicIP": f"172.16.{third}.{fourth}", "PublicIPv6": None,
+                        "BackendType": "vxlan", "BackendData": {
+                            "VNI": 1, "VtepMAC": f"02:42:00:00:{third:02x}:{fourth:02x}"}})
+    ops.append(t.put(f"{prefix}/subnets/10.{third}.{fourth}.0-24", value, lease=lease.id))
+    if len(ops) == 100 or x == n - 1:
+        c.transaction(compare=[], success=ops, failure=[])
+        ops = []
+print(lease.id)
+"""
+
+COUNT = ("ip -o route show dev flannel.1 | wc -l; "
+         "ip -o neigh show dev flannel.1 nud permanent | wc -l; "
+         "bridge fdb show dev flannel.1 | grep -c ' dst ' || true")
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MiB."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()
+    return int(fields["VmRSS"][0]) / 1024, int(fields["VmHWM"][0]) / 1024
+
+
+def kernel_counts(node) -> tuple[int, int, int]:
+    out = node.ns.run("sh", "-c", COUNT, check=False).stdout.decode().split()
+    return tuple(int(x) for x in out) if len(out) == 3 else (0, 0, 0)
+
+
+def all_there(node, n: int):
+    counts = kernel_counts(node)
+    return counts if min(counts) >= n else None
+
+
+def wait_until(what: str, predicate, node, timeout: float, step: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.proc is None or node.proc.poll() is not None:
+            raise SystemExit(f"flanneletted exited while waiting for {what}:\n{node.log()}")
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise SystemExit(f"timed out waiting for {what}:\n{node.log()}")
+
+
+def first_reconcile_seconds(node) -> float:
+    """The duration the daemon logged for its first reconcile that changed something."""
+    m = re.search(r"reconciled trigger=\S+ peers=\d+ changes=[1-9]\d* seconds=([\d.]+)", node.log())
+    return float(m.group(1)) if m else float("nan")
+
+
+def one_round(n: int, steady: float) -> dict:
+    from tests.support.flanneletted import PREFIX, Underlay
+
+    underlay = Underlay()
+    try:
+        etcd = underlay.start_etcd()
+        etcd.put(PREFIX + "/config", CONFIG)
+        seeded = underlay.python(SEED, etcd.endpoint, PREFIX, str(n), timeout=300)
+        if seeded.returncode:
+            raise SystemExit(f"seeding etcd failed:\n{seeded.stderr.decode()}")
+        node = underlay.node()
+        socket_path = os.path.join(node.dir, "cni.sock")
+        started = time.monotonic()
+        node.start("--cni-socket", socket_path, "--reconcile-interval", "10")  # the default tick
+        wait_until("subnet.env", lambda: os.path.exists(node.subnet_file), node, 60, 0.005)
+        ready_s = time.monotonic() - started
+        counts = wait_until(f"{3 * n} kernel objects", lambda: all_there(node, n), node, 120)
+        programmed_s = time.monotonic() - started
+        pid = node.proc.pid
+        time.sleep(0.5)  # let the reconcile and the kernel watch settle
+        rss_join = memory(pid)
+
+        t = time.monotonic()
+        status = node.ns.run(sys.executable, "-c", "import sys; from cni_plugin.status import main; "
+                             "sys.exit(main(sys.argv[1:]))", "--socket", socket_path, "--json",
+                             check=False, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+        status_s = time.monotonic() - t
+        if status.returncode:
+            raise SystemExit(f"flannelette status failed:\n{status.stderr.decode()}\n{node.log()}")
+        report = json.loads(status.stdout)
+        rss_status = memory(pid)
+
+        time.sleep(steady)
+        rss_steady = memory(pid)
+        final = kernel_counts(node)
+        if min(final) < n:
+            raise SystemExit(f"kernel objects went missing in steady state: {final}")
+        return {"ready_s": ready_s, "programmed_s": programmed_s,
+                "after_ready_s": programmed_s - ready_s, "reconcile_s": first_reconcile_seconds(node),
+                "objects": sum(counts), "status_s": status_s, "status_rows": len(report["leases"]),
+                "rss_join": rss_join[0], "hwm_join": rss_join[1], "rss_status": rss_status[0],
+                "hwm_status": rss_status[1], "rss_steady": rss_steady[0], "hwm_steady": rss_steady[1]}
+    finally:
+        underlay.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--leases", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--steady", type=float, default=60.0, help="seconds of steady state before the last RSS")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench_daemon_join: needs root (network namespaces)", file=sys.stderr)
+        return 1
+    results = [one_round(args.leases, args.steady) for _ in range(args.rounds)]
+    med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+    def verdict(value: float, limit: float, goal: float) -> str:
+        return "meets the goal" if value < goal else "within the limit" if value < limit else "OVER THE LIMIT"
+
+    print(f"flanneletted (vxlan) joining {args.leases} leases in etcd, {args.rounds} round(s), median:")
+    print(f"  start -> subnet.env written:      {med['ready_s']:.2f} s")
+    print(f"  start -> {int(med['objects'])} kernel objects:  {med['programmed_s']:.2f} s "
+          f"({med['after_ready_s']:.2f} s after subnet.env; the daemon's own first reconcile "
+          f"{med['reconcile_s']:.2f} s)  [limit {PROGRAM_LIMIT} s, goal {PROGRAM_GOAL} s: "
+          f"{verdict(med['after_ready_s'], PROGRAM_LIMIT, PROGRAM_GOAL)}]")
+    print(f"  flannelette status: {int(med['status_rows'])} rows in {med['status_s']:.2f} s")
+    for label, key in (("after the join", "join"), ("after a status report", "status"),
+                       (f"after {args.steady:.0f} s steady", "steady")):
+        print(f"  RSS {label + ':':28s} {med['rss_' + key]:5.1f} MiB (peak {med['hwm_' + key]:5.1f} MiB)"
+              f"  [limit {RSS_LIMIT:.0f}, goal {RSS_GOAL:.0f}: "
+              f"{verdict(med['rss_' + key], RSS_LIMIT, RSS_GOAL)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
