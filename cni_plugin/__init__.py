@@ -5,8 +5,6 @@ Public API (imported lazily, so the lean shim in this package loads none of it):
 - cmd_add, cmd_del, cmd_check, cmd_status, cmd_gc: the handlers themselves
 - main: the in-process `flannelette` executable
 """
-from __future__ import annotations
-
 __all__ = ["HANDLERS", "cmd_add", "cmd_del", "cmd_check", "cmd_status", "cmd_gc", "main"]
 
 
