@@ -118,7 +118,7 @@ class Candidate:
                     "ipam": {"type": "flannelette-ipam", "dataDir": os.path.join(root, "ipam")}}
             if socket_path:
                 self.server = FastPathServer(socket_path, self.node.name, log_path=os.path.join(root, "server.log"),
-                                             log_level="WARNING")
+                                             log_level=os.environ.get("BENCH_SERVER_LOG", "WARNING"))
         self.config = json.dumps(conf)
 
     def run(self, pods: list[str], parallel: int) -> dict:
@@ -171,12 +171,14 @@ def report(results: dict[str, dict], n: dict[str, int], parallel: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """BENCH_SERVER_LOG=DEBUG and --keep leave each request's in-daemon time in <tmp>/*/server.log."""
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="pods per phase (default 200)")
     parser.add_argument("--inproc-n", type=int, default=30,
                         help="pods per phase for the cold in-process candidate (about 1 s a call; default 30)")
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--candidates", default="reference,fastpath,fastpath-script,inproc")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary dir (server logs)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -206,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for pod in pods:
             pod.close()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"# kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
