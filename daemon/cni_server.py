@@ -30,16 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
+from cni_plugin.shim import MAGIC, OP_CNI, OP_STATUS, REFUSED
 from conf import dispatch
 from conf.cni import MAX_STDIN
 
 log = logging.getLogger("flannelette.cni_server")
 
-MAGIC = b"FLT1"
-OP_CNI = b"C"
-OP_STATUS = b"S"
-REFUSED = 255
-HEADER = struct.Struct(">4scII")
+HEADER = struct.Struct(">4scII")  # the shim's encode_request: magic, op, len(env), len(stdin)
 MAX_ENV = 1 << 16
 MAX_FDS = 4  # the shim sends one; take a few so extra ones are closed rather than leaked
 READ_TIMEOUT = 10.0  # a client that stalls mid-request loses its worker after this
