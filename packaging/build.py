@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +29,7 @@ BUNDLED_PACKAGES = ("conf", "ipam", "cni_plugin")
 PINNED_DISTRIBUTIONS = ("pyinstaller", "pydantic", "pydantic-core", "pyroute2")
 BUILD_ROOT = REPO / "build" / "pyinstaller"
 KEEP_BUILDS = 3
+PRUNE_AFTER = 3600  # seconds
 EXECUTABLE = "flannelette"
 FULL_EXECUTABLE = "flannelette-full"
 
@@ -81,9 +83,12 @@ def build(force: bool = False, quiet: bool = True) -> Path:
 
 
 def _prune(keep: Path) -> None:
+    """Drop old builds, but none used in the last hour: a test session elsewhere may have
+    installed one by symlink (build() touches a build each time it hands it out)."""
     builds = sorted((p for p in BUILD_ROOT.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    cutoff = time.time() - PRUNE_AFTER
     for old in builds[:-KEEP_BUILDS]:
-        if old != keep:
+        if old != keep and old.stat().st_mtime < cutoff:
             shutil.rmtree(old, ignore_errors=True)
 
 
