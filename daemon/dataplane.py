@@ -127,6 +127,7 @@ class Backend:
             log.warning("... and %d more kernel errors", len(result.failed) - 10)
         self._programmed = {key: not (failed and any(o in failed for o in objs))
                             for key, objs in wanted.by_lease.items()}
+        wanted.by_lease = {}  # kept for the kernel watch, which needs only the lookups
         for key in wanted.refused:
             self._programmed[key] = False
         for key, why in wanted.refused.items():

@@ -20,6 +20,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
+from daemon.peers import PeerLease, compact
 from daemon.registry import KeyValue, Registry, RegistryError
 
 log = logging.getLogger("flanneletted.leases")
@@ -36,16 +37,19 @@ class LeaseLostError(LeaseError):
     """Our subnet now belongs to another node: pod addresses here would be wrong."""
 
 
-def parse_lease(kv: KeyValue) -> Optional[Lease]:
-    """A lease from etcd, or None (logged) when someone stored something unreadable."""
+def parse_lease(kv: KeyValue) -> Optional[PeerLease]:
+    """A lease from etcd, or None (logged) when someone stored something unreadable.
+
+    Validated by the pydantic model, kept compact (daemon.peers): one model at a time
+    lives, so 5000 leases leave no trail of temporaries behind."""
     try:
-        return load_lease(kv.key, kv.value)
+        return compact(load_lease(kv.key, kv.value))
     except ValueError as e:
         log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
         return None
 
 
-def parse_leases(kvs: list[KeyValue]) -> dict[str, Lease]:
+def parse_leases(kvs: list[KeyValue]) -> dict[str, PeerLease]:
     """key -> Lease for every readable lease of a listing."""
     return {kv.key: lease for kv in kvs if (lease := parse_lease(kv)) is not None}
 
@@ -133,7 +137,7 @@ class LeaseManager:
         self.lease_id = 0
         self.renew_at = 0.0
         # The last full listing (revision, kvs, parsed): the watcher starts from it.
-        self.listing: Optional[tuple[int, list[KeyValue], dict[str, Lease]]] = None
+        self.listing: Optional[tuple[int, list[KeyValue], dict[str, PeerLease]]] = None
         self._value = ""
         self._lock = threading.Lock()
 

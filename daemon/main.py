@@ -22,6 +22,7 @@ from conf.flannel import Lease, NetworkConfig, SubnetEnv, load_network_config, l
 from daemon.health import HealthServer
 from daemon.leases import LeaseError, LeaseLostError, LeaseManager
 from daemon.logs import setup_logging
+from daemon.memory import limit_arenas
 from daemon.metrics import Metrics
 from daemon.reconcile import Reconciler
 from daemon.registry import Registry, RegistryAuthError, RegistryError, RegistryUnavailableError
@@ -324,6 +325,7 @@ class Daemon:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    limit_arenas()  # before any thread starts (daemon.memory)
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
     except SettingsError as e:

@@ -14,6 +14,7 @@ import time
 from typing import Callable, Optional
 
 from conf.flannel import Lease
+from daemon.memory import release_free_memory
 from daemon.metrics import Metrics
 
 log = logging.getLogger("flanneletted.reconcile")
@@ -66,6 +67,7 @@ class Reconciler:
                 next_tick = time.monotonic() + self.interval
                 self._check_masquerade()
             self.run_once("+".join(sorted(reasons)))
+            release_free_memory()  # a run frees as much as it allocated (daemon.memory)
             self._stop.wait(MIN_GAP)
 
     def run_once(self, reason: str = "manual"):

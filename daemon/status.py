@@ -59,15 +59,16 @@ def build_report(config: NetworkConfig, own: Optional[Lease], known: list[KnownL
     for item in sorted(known, key=lambda k: k.lease.subnet):
         lease = item.lease
         is_own = own is not None and lease.subnet == own.subnet
+        entry = lease_entry(lease, True if is_own else _safe(programmed, lease))
         if is_own:
-            lease = lease.model_copy(update={"expiration": own.expiration})
+            entry["expires"] = own.expiration
         elif ask_etcd:
             try:
-                lease = lease.model_copy(update={"expiration": expiry.expiry(item.lease_id)})
+                entry["expires"] = expiry.expiry(item.lease_id)
             except RegistryError as e:  # etcd went away: report the rest without expiry
                 log.info("cannot read lease expiry error=%s", e)
                 ask_etcd = False
-        entries.append(lease_entry(lease, True if is_own else _safe(programmed, lease)))
+        entries.append(entry)
     if ask_etcd:
         expiry.forget_except({k.lease_id for k in known})
     node = lease_entry(own, True) if own is not None else None

@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from conf.flannel import Lease
 from daemon.leases import parse_lease, parse_leases
 from daemon.metrics import Metrics
+from daemon.peers import PeerLease
 from daemon.registry import (CompactedError, KeyValue, Registry, RegistryError,
                              RegistryUnavailableError, WatchBatch)
 
@@ -26,9 +26,9 @@ BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 _STOP = object()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KnownLease:
-    lease: Lease
+    lease: PeerLease  # (a conf.flannel.Lease quacks the same, as in unit tests)
     lease_id: int  # 0: a reservation without TTL
 
 
@@ -62,7 +62,7 @@ class LeaseWatcher:
     # ------------------------------------------------------------ applying changes
 
     def load_snapshot(self, revision: int, kvs: list[KeyValue],
-                      parsed: Optional[dict[str, Lease]] = None) -> bool:
+                      parsed: Optional[dict[str, PeerLease]] = None) -> bool:
         """Replace the known set by a full listing (already parsed if `parsed` is given);
         True if anything changed."""
         if parsed is None:

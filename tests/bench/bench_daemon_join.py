@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,14 +61,14 @@ COUNT = ("ip -o route show dev flannel.1 | wc -l; "
          "bridge fdb show dev flannel.1 | grep -c ' dst ' || true")
 
 
-def memory(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MiB."""
+def memory(pid: int) -> tuple[float, float, float]:
+    """(VmRSS, VmHWM, RssFile: the shared libraries' pages) in MiB."""
     fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             fields[key] = value.split()
-    return int(fields["VmRSS"][0]) / 1024, int(fields["VmHWM"][0]) / 1024
+    return tuple(int(fields[k][0]) / 1024 for k in ("VmRSS", "VmHWM", "RssFile"))
 
 
 def kernel_counts(node) -> tuple[int, int, int]:
@@ -98,7 +99,7 @@ def first_reconcile_seconds(node) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
-def one_round(n: int, steady: float) -> dict:
+def one_round(n: int, steady: float, keep_log: str = "") -> dict:
     from tests.support.flanneletted import PREFIX, Underlay
 
     underlay = Underlay()
@@ -139,8 +140,11 @@ def one_round(n: int, steady: float) -> dict:
                 "after_ready_s": programmed_s - ready_s, "reconcile_s": first_reconcile_seconds(node),
                 "objects": sum(counts), "status_s": status_s, "status_rows": len(report["leases"]),
                 "rss_join": rss_join[0], "hwm_join": rss_join[1], "rss_status": rss_status[0],
-                "hwm_status": rss_status[1], "rss_steady": rss_steady[0], "hwm_steady": rss_steady[1]}
+                "hwm_status": rss_status[1], "rss_steady": rss_steady[0], "hwm_steady": rss_steady[1],
+                "file_steady": rss_steady[2]}
     finally:
+        if keep_log and underlay.nodes:
+            shutil.copyfile(underlay.nodes[0].log_path, keep_log)
         underlay.close()
 
 
@@ -149,11 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leases", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--steady", type=float, default=60.0, help="seconds of steady state before the last RSS")
+    ap.add_argument("--keep-log", default="", help="copy the daemon's log of the last round here")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_daemon_join: needs root (network namespaces)", file=sys.stderr)
         return 1
-    results = [one_round(args.leases, args.steady) for _ in range(args.rounds)]
+    results = [one_round(args.leases, args.steady, args.keep_log) for _ in range(args.rounds)]
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
 
     def verdict(value: float, limit: float, goal: float) -> str:
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  RSS {label + ':':28s} {med['rss_' + key]:5.1f} MiB (peak {med['hwm_' + key]:5.1f} MiB)"
               f"  [limit {RSS_LIMIT:.0f}, goal {RSS_GOAL:.0f}: "
               f"{verdict(med['rss_' + key], RSS_LIMIT, RSS_GOAL)}]")
+    print(f"  (of the last RSS, {med['file_steady']:.1f} MiB are file pages: the interpreter's and "
+          "the extensions' shared libraries)")
     return 0
 
 

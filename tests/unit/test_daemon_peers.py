@@ -1,0 +1,89 @@
+"""Compact leases (daemon/peers.py) and the malloc controls (daemon/memory.py)."""
+from __future__ import annotations
+
+import ipaddress
+
+from conf.flannel import load_lease, load_network_config
+from daemon.leases import parse_lease, parse_leases
+from daemon.memory import limit_arenas, release_free_memory
+from daemon.peers import PeerLease, VxlanInfo, compact
+from daemon.planner import Topology, lease_key, plan
+from daemon.registry import KeyValue
+from daemon.status import build_report
+from daemon.watch import KnownLease
+
+VALUE = ('{"PublicIP":"192.168.1.%d","PublicIPv6":"fd00::%d","BackendType":"vxlan",'
+         '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:%02x"}}')
+
+
+def kv(third: int, key: str = "") -> KeyValue:
+    return KeyValue(key or f"10.244.{third}.0-24&fc00:0:0:{third}::-64",
+                    (VALUE % (third, third, third)).encode(), 7, 1)
+
+
+def test_compact_lease_holds_the_models_values():
+    model = load_lease(kv(3).key, kv(3).value, 12.5)
+    peer = compact(model)
+    assert isinstance(peer, PeerLease)
+    assert peer.subnet == ipaddress.ip_network("10.244.3.0/24")
+    assert peer.ipv6_subnet == ipaddress.ip_network("fc00:0:0:3::/64")
+    assert peer.key == model.key == lease_key(peer)
+    assert peer.attrs.public_ip == model.attrs.public_ip
+    assert peer.attrs.public_ipv6 == ipaddress.ip_address("fd00::3")
+    assert peer.attrs.backend_type == "vxlan" and peer.attrs.backend_data == model.attrs.backend_data
+    assert peer.attrs.vxlan == VxlanInfo(1, "aa:bb:cc:dd:ee:03") and peer.attrs.vxlan_v6 is None
+    assert peer.expiration == 12.5
+
+
+def test_compact_leases_compare_by_value():
+    a, b = parse_lease(kv(3)), parse_lease(kv(3))
+    assert a == b and a is not b
+    assert a != parse_lease(kv(4))
+    changed = KeyValue(kv(3).key, kv(3).value.replace(b"ee:03", b"ee:99"), 7, 2)
+    assert parse_lease(changed) != a
+    assert KnownLease(a, 7) == KnownLease(b, 7) != KnownLease(b, 8)
+
+
+def test_parse_keeps_compact_leases_and_skips_unreadable_ones():
+    bad = KeyValue("10.244.9.0-24", b'{"PublicIP": "not an address"}', 7, 1)
+    parsed = parse_leases([kv(1), bad, kv(2)])
+    assert sorted(parsed) == [kv(1).key, kv(2).key]
+    assert all(isinstance(p, PeerLease) for p in parsed.values())
+    assert parse_lease(KeyValue("garbage", b"{}", 0, 1)) is None
+
+
+def test_planner_gives_the_same_objects_for_compact_and_model_leases():
+    topo = Topology("vxlan", "eth0", vtep4="flannel.1", vtep6="flannel-v6.1", ipv6=True)
+    models = [load_lease(kv(i).key, kv(i).value) for i in (2, 3)]
+    peers = [parse_lease(kv(i)) for i in (2, 3)]
+    a, b = plan(None, models, topo), plan(None, peers, topo)
+    assert (a.neighs, a.fdbs, a.routes) == (b.neighs, b.fdbs, b.routes) and a.size == 6
+
+
+def test_status_report_from_compact_leases():
+    config = load_network_config('{"Network": "10.244.0.0/16"}')
+    own = load_lease("10.244.1.0-24", VALUE.split(',"PublicIPv6"')[0] % 1 + ',"BackendType":"vxlan",'
+                     '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}', 5000.0)
+    known = [KnownLease(parse_lease(KeyValue("10.244.2.0-24", (VALUE % (2, 2, 2)).encode(), 9, 1)), 9),
+             KnownLease(compact(own), 8)]
+
+    class Expiry:
+        def expiry(self, lease_id):
+            return 1000.0 + lease_id
+
+        def forget_except(self, live):
+            self.live = live
+
+    expiry = Expiry()
+    report = build_report(config, own, known, lambda lease: True, expiry, True, True, 5)
+    assert [(e["subnet"], e["expires"], e["vtepMAC"]) for e in report["leases"]] == [
+        ("10.244.1.0/24", 5000.0, "aa:bb:cc:dd:ee:01"), ("10.244.2.0/24", 1009.0, "aa:bb:cc:dd:ee:02")]
+    assert report["leases"][1]["publicIP"] == "192.168.1.2" and expiry.live == {8, 9}
+
+
+def test_malloc_controls_work_on_glibc():
+    assert limit_arenas() is True  # this venv runs on Debian's glibc
+    blocks = [bytearray(100_000) for _ in range(300)]  # below the mmap threshold: heap pages
+    del blocks[::2]
+    del blocks
+    assert release_free_memory() is True  # malloc_trim handed pages back
