@@ -5,33 +5,34 @@ through it takes about 5 s (python-cni-performance.md section 7). Here every
 message is one precompiled `struct.pack`, messages are concatenated and sent in
 batches, success ACKs are suppressed (errors still come back, tagged with their
 sequence number) and one ACKed message closes each batch. Dumps are parsed with
-`unpack_from` on the receive buffer. Only what the data plane needs is here.
+`unpack_from` on the receive buffer. Only what the data plane needs is here;
+the generic framing, parsers and socket are cni_plugin/rtnl.py's (shared with the plugin).
 """
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 import struct
 from typing import Iterable, Iterator, NamedTuple
 
-# message types and flags (linux/rtnetlink.h, linux/netlink.h)
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR, RTM_DELADDR = 20, 21
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-F_REQUEST, F_ACK, F_DUMP = 0x1, 0x4, 0x300
-F_REPLACE, F_CREATE = 0x100, 0x400
-F_ACK_TLVS = 0x200
-SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
-NLMSGERR_ATTR_MSG = 1
+from cni_plugin import rtnl
+from cni_plugin.rtnl import (  # noqa: F401 - the generic codec, re-exported under its old names
+    _ATTR, _HDR, _U16, _U32, AF_BRIDGE, F_ACK, F_ACK_TLVS, F_CREATE, F_DUMP, F_REPLACE, F_REQUEST,
+    NETLINK_CAP_ACK, NETLINK_EXT_ACK, NLMSG_DONE, NLMSG_ERROR, NLMSGERR_ATTR_MSG, RTM_DELADDR,
+    RTM_DELLINK, RTM_DELNEIGH, RTM_DELROUTE, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK,
+    RTM_NEWNEIGH, RTM_NEWROUTE, SOL_NETLINK, NetlinkError, iter_attrs, iter_messages, parse_error,
+    sender_port,
+)
+from cni_plugin.rtnl import IFINFO as _IFINFO
+from cni_plugin.rtnl import NDMSG as _NDMSG
+from cni_plugin.rtnl import RTMSG as _RTMSG
+from cni_plugin.rtnl import mac_bytes as _mac_bytes
+from cni_plugin.rtnl import pton as _pton
 
 # multicast groups for the kernel watch
 GRP_LINK, GRP_NEIGH, GRP_IPV4_IFADDR, GRP_IPV4_ROUTE = 0x1, 0x4, 0x10, 0x40
 GRP_IPV6_IFADDR, GRP_IPV6_ROUTE = 0x100, 0x400
 
-AF_BRIDGE = 7
 RT_TABLE_MAIN, RTPROT_KERNEL, RTPROT_BOOT = 254, 2, 3
 RTN_UNICAST, RTNH_F_ONLINK = 1, 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
@@ -40,13 +41,6 @@ NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
 IFLA_IFNAME = 3
 
-_HDR = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_NDMSG = struct.Struct("=BxxxiHBB")
-_IFINFO = struct.Struct("=BxHiII")
-_U32 = struct.Struct("=I")
-_U16 = struct.Struct("=H")
 _ROUTE4 = struct.Struct("=IHHII BBBBBBBBI HHI HH4s HH4s HHi")
 _ROUTE6 = struct.Struct("=IHHII BBBBBBBBI HHI HH16s HH16s HHi")
 _DELROUTE4 = struct.Struct("=IHHII BBBBBBBBI HHI HH4s")
@@ -55,14 +49,6 @@ _NEIGH4 = struct.Struct("=IHHII BxxxiHBB HH4s HH6sxx")
 _NEIGH6 = struct.Struct("=IHHII BxxxiHBB HH16s HH6sxx")
 _GETROUTE4 = struct.Struct("=IHHII BBBBBBBBI HH4s")
 _GETROUTE6 = struct.Struct("=IHHII BBBBBBBBI HH16s")
-
-
-class NetlinkError(OSError):
-    """A kernel refusal; `.text` carries the kernel's extended-ACK message when given."""
-
-    def __init__(self, code: int, text: str = ""):
-        super().__init__(code, os.strerror(code) + (f" ({text})" if text else ""))
-        self.text = text
 
 
 class Failure(NamedTuple):
@@ -87,16 +73,6 @@ class NeighInfo(NamedTuple):
     mac: str  # NDA_LLADDR, lower case ("" when absent)
     state: int
     flags: int
-
-
-def _pton(ip: str) -> tuple[int, bytes]:
-    if ":" in ip:
-        return socket.AF_INET6, socket.inet_pton(socket.AF_INET6, ip)
-    return socket.AF_INET, socket.inet_aton(ip)
-
-
-def _mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
 
 
 def _mac_text(raw: bytes) -> str:
@@ -164,45 +140,6 @@ def route_get(ip: str) -> bytes:
 
 
 # ---------------------------------------------------------------- parsers
-
-
-def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, int, int]]:
-    """Yield (type, flags, seq, offset of payload, end) for each message in a datagram."""
-    off, size = 0, len(buf)
-    while off + 16 <= size:
-        length, mtype, flags, seq, _pid = _HDR.unpack_from(buf, off)
-        if length < 16:
-            break
-        yield mtype, flags, seq, off + 16, off + length
-        off += (length + 3) & ~3
-
-
-def sender_port(buf: bytes, payload_off: int) -> int:
-    """nlmsg_pid of a message: a notification caused by a request carries the requester's port."""
-    return _U32.unpack_from(buf, payload_off - 4)[0]
-
-
-def iter_attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """Yield (type, offset of value, length of value)."""
-    while off + 4 <= end:
-        alen, atype = _ATTR.unpack_from(buf, off)
-        if alen < 4:
-            break
-        yield atype & 0x7FFF, off + 4, alen - 4
-        off += (alen + 3) & ~3
-
-
-def parse_error(buf: bytes, off: int, end: int, flags: int) -> tuple[int, str]:
-    """(errno, extended-ACK text) from an NLMSG_ERROR payload; errno 0 is an ACK."""
-    code = -struct.unpack_from("=i", buf, off)[0]
-    text = ""
-    if flags & F_ACK_TLVS:
-        inner_len = _U32.unpack_from(buf, off + 4)[0]
-        tlv = off + 4 + (16 if flags & 0x100 else inner_len)  # NLM_F_CAPPED: header only
-        for atype, voff, vlen in iter_attrs(buf, tlv, end):
-            if atype == NLMSGERR_ATTR_MSG:
-                text = bytes(buf[voff:voff + vlen]).rstrip(b"\0").decode(errors="replace")
-    return code, text
 
 
 def parse_route(buf: bytes, off: int, end: int) -> RouteInfo:
@@ -274,43 +211,14 @@ def parse_link(buf: bytes, off: int, end: int) -> tuple[int, int, int, str]:
 # ---------------------------------------------------------------- the socket
 
 
-class RtnlSocket:
-    """A raw NETLINK_ROUTE socket in the caller's network namespace."""
+class RtnlSocket(rtnl.RtnlSocket):
+    """A raw NETLINK_ROUTE socket in the caller's network namespace, with batched sends."""
 
     BATCH = 1000  # requests per sendto; their errors must fit into the receive buffer
 
     def __init__(self, groups: int = 0):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  socket.NETLINK_ROUTE)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-        try:  # root may exceed rmem_max; dumps and event bursts (a join's echoes) need room
-            self.sock.setsockopt(socket.SOL_SOCKET, 33, (64 if groups else 16) << 20)  # FORCE
-        except OSError:
-            pass
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-        self.sock.bind((0, groups))
-        if not groups:  # a request socket: never wait forever for the kernel's answer
-            self.sock.settimeout(30)
-        self.seq = int.from_bytes(os.urandom(2), "little") << 8
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    @property
-    def port(self) -> int:
-        return self.sock.getsockname()[0]
-
-    def recv(self) -> bytes:
-        return self.sock.recv(1 << 20)
-
-    def _next_seq(self) -> int:
-        self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
-        return self.seq
+        # a join's echoes arrive in bursts on a watching socket: give it more room
+        super().__init__(groups, rcvbuf=(64 if groups else 16) << 20)
 
     def send_batch(self, requests: Iterable[bytes], expect_reply: bool = False,
                    ) -> tuple[list[Failure], dict[int, RouteInfo]]:
@@ -361,35 +269,12 @@ class RtnlSocket:
                     return
 
     def dump(self, msg_type: int, family: int) -> list[tuple[bytes, int, int]]:
-        """(buffer, payload offset, payload end) for each object of a dump.
-
-        A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is taken again.
-        """
+        """(buffer, payload offset, payload end) for each route or neighbour of `family`."""
         if msg_type == RTM_GETROUTE:
             body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
         else:
             body = _NDMSG.pack(family, 0, 0, 0, 0)
-        for _attempt in range(5):
-            seq = self._next_seq()
-            self.sock.send(_HDR.pack(16 + len(body), msg_type, F_REQUEST | F_DUMP, seq, 0) + body)
-            out, interrupted = [], False
-            while True:
-                buf = self.recv()
-                for mtype, flags, mseq, off, end in iter_messages(buf):
-                    if mseq != seq:
-                        continue
-                    if mtype == NLMSG_DONE:
-                        break
-                    if mtype == NLMSG_ERROR:
-                        raise NetlinkError(*parse_error(buf, off, end, flags))
-                    interrupted |= bool(flags & 0x10)
-                    out.append((buf, off, end))
-                else:
-                    continue
-                break
-            if not interrupted:
-                return out
-        return out
+        return self.dump_objects(msg_type, body)
 
     def routes(self, family: int) -> list[RouteInfo]:
         return [parse_route(b, o, e) for b, o, e in self.dump(RTM_GETROUTE, family)]
