@@ -3,19 +3,18 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyroute2 import IPRoute
-
 from conf.cni import Result
 from conf.errors import CheckFailedError
 
 from cni_plugin import links
+from cni_plugin.rtnl import RtnlSocket
 
 
 def _fail(msg: str) -> CheckFailedError:
     return CheckFailedError(f"CHECK failed: {msg}")
 
 
-def verify_attachment(ipr: IPRoute, pod: IPRoute, prev: Result, *, bridge: str, host_name: str,
+def verify_attachment(ipr: RtnlSocket, pod: RtnlSocket, prev: Result, *, bridge: str, host_name: str,
                       ifname: str) -> None:
     """Pod iface with prevResult's MAC, addresses and routes; host end a veth on the bridge."""
     indexed = list(enumerate(prev.interfaces))

@@ -2,10 +2,10 @@
 
 The daemon runs these handlers on pool threads, so nothing here switches the
 whole process: `setns(2)` on Linux changes only the calling thread, and a
-netlink socket keeps the namespace it was created in. A pod-side pyroute2
-handle is therefore made by switching this thread into the pod netns, opening
-the socket, and switching straight back. pyroute2's own netns helpers are
-avoided: pushns/popns keep a process-global stack and IPRoute(netns=) forks.
+netlink socket keeps the namespace it was created in. A pod-side netlink
+socket is therefore made by switching this thread into the pod netns, opening
+the socket, and switching straight back (never pyroute2's netns helpers:
+pushns/popns keep a process-global stack and IPRoute(netns=) forks).
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import sys
 import threading
 from typing import Iterator, Optional
 
-from pyroute2 import IPRoute
-
 from conf.errors import InvalidNetnsError
+
+from cni_plugin.rtnl import RtnlSocket
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
@@ -64,8 +64,8 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def netlink_in(pod_fd: int) -> IPRoute:
-    """A request-only pyroute2 handle bound to the pod netns; this thread stays put."""
+def netlink_in(pod_fd: int) -> RtnlSocket:
+    """A request socket bound to the pod netns; this thread stays put."""
     host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -75,7 +75,7 @@ def netlink_in(pod_fd: int) -> IPRoute:
                 raise InvalidNetnsError("the pod netns fd is not a network namespace") from None
             raise
         try:
-            return IPRoute(groups=0)
+            return RtnlSocket(rcvbuf=1 << 20)
         finally:
             _return_home(host_fd)
     finally:
@@ -91,12 +91,12 @@ def _return_home(host_fd: int) -> None:
         os._exit(70)
 
 
-def host_netlink() -> IPRoute:
-    """This thread's request-only handle in its own (the node's) netns, reused across calls.
+def host_netlink() -> RtnlSocket:
+    """This thread's request socket in its own (the node's) netns, reused across calls.
 
-    pyroute2 0.9 handles are bound to the thread that made them, hence one per thread.
+    One per thread: a socket's replies must not be read by two threads at once.
     """
     ipr = getattr(_local, "ipr", None)
     if ipr is None:
-        ipr = _local.ipr = IPRoute(groups=0)
+        ipr = _local.ipr = RtnlSocket(rcvbuf=1 << 20)
     return ipr
