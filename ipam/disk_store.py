@@ -5,10 +5,13 @@ Layout of `<dataDir>/<network name>/`:
   last_reserved_ip.<N>    the round-robin hint of range set N
   lock                    flock()ed for the whole of every operation
 
-Crash safety: a reservation is written and fsynced under a temporary name and
-then link()ed to `<ip>`; link fails when the name exists, so the claim is
+Crash safety: a reservation is written and fdatasync()ed under a temporary name
+and then link()ed to `<ip>`; link fails when the name exists, so the claim is
 exclusive, and the name never exists with partial content. A kill leaves at most
 a `.<ip>.*` temporary file, which never blocks an address and which GC removes.
+Sync: one fdatasync (~4 ms on ext4) keeps a power loss from resurrecting an empty
+name; the directory fsync (another journal commit) is skipped: a lost link only frees the address.
+The round-robin hint is rewritten in place (no rename: ext4 flushes data on rename-over).
 
 Files we did not write cleanly (host-local killed between create and write, or a
 hand edit) are handled so that no address leaks forever:
@@ -154,13 +157,12 @@ class DiskStore:
             return True
 
     def _link_new(self, path: str, content: bytes) -> bool:
-        """Write `content` to a synced temporary file, then link it to `path`."""
+        """Write `content` to a synced temporary file (mkstemp: mode 0600), then link it to `path`."""
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + os.path.basename(path) + ".")
         try:
             try:
                 os.write(fd, content)
-                os.fchmod(fd, 0o600)
-                os.fsync(fd)
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
             try:
@@ -171,23 +173,15 @@ class DiskStore:
                 raise
         finally:
             os.unlink(tmp)
-        self._sync_dir()
         return True
 
     def _write_hint(self, path: str, text: str) -> None:
-        """Replace by rename, without fsync: a hint lost in a crash only moves where
-        the round-robin starts, and one fsync fewer is a third off each ADD."""
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + os.path.basename(path) + ".")
+        """Overwrite in place, unsynced: a hint torn or lost in a crash only moves where the
+        round-robin starts (an unreadable hint reads as none)."""
+        data = text.encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, text.encode())
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))  # not to zero first: ext4 would flush on close
         finally:
             os.close(fd)
