@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs
-from daemon import kernel
+from daemon import kernel, links
 from daemon.dataplane import Backend, DataplaneError
 from daemon.planner import VXLAN, Topology
 
@@ -93,24 +93,22 @@ class VxlanBackend(Backend):
                         direct_routing=self.netconf.backend.direct_routing)
 
     def _ensure_devices(self, own):
-        from pyroute2 import IPRoute
-
         own = own or self._own
         by_name = {self.node.iface: self.node.iface_index}
         recreated = []
-        with IPRoute(groups=0) as ipr:
-            for spec in self.specs:
-                index, why = ensure_vtep(ipr, spec, self.macs[spec.name])
-                if why:
-                    recreated.append(spec.name)
-                by_name[spec.name] = index
-                if own is not None:
-                    subnet = own.subnet if spec.family == socket.AF_INET else own.ipv6_subnet
-                    network = (self.netconf.network if spec.family == socket.AF_INET
-                               else self.netconf.ipv6_network)
-                    if subnet is not None:
-                        ensure_address(ipr, index, spec.family, subnet.network_address, network)
-                ensure_up(ipr, index, self.macs[spec.name])
+        sock = self._sock
+        for spec in self.specs:
+            index, why = ensure_vtep(sock, spec, self.macs[spec.name])
+            if why:
+                recreated.append(spec.name)
+            by_name[spec.name] = index
+            if own is not None:
+                subnet = own.subnet if spec.family == socket.AF_INET else own.ipv6_subnet
+                network = (self.netconf.network if spec.family == socket.AF_INET
+                           else self.netconf.ipv6_network)
+                if subnet is not None:
+                    ensure_address(sock, index, spec.family, subnet.network_address, network)
+            ensure_up(sock, index, self.macs[spec.name])
         devs = kernel.Devices(by_name, frozenset(s.name for s in self.specs), self.node.iface,
                               self.networks)
         return devs, recreated
@@ -133,23 +131,20 @@ class VxlanBackend(Backend):
         return mac
 
 
-# ---------------------------------------------------------------- device helpers (pyroute2)
+# ---------------------------------------------------------------- device helpers (daemon.links)
 
 
-def vtep_mismatch(link, spec: VtepSpec) -> str:
+def vtep_mismatch(link: links.Link, spec: VtepSpec) -> str:
     """Why an existing link cannot serve as `spec`; "" when it can (flannel's check)."""
-    info = link.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info else None
-    if kind != "vxlan":
-        return f"it is a {kind or 'non-vxlan'} device"
-    data = info.get_attr("IFLA_INFO_DATA")
-    local = data.get_attr("IFLA_VXLAN_LOCAL" if spec.family == socket.AF_INET else "IFLA_VXLAN_LOCAL6")
-    checks = [("VNI", data.get_attr("IFLA_VXLAN_ID"), spec.vni),
-              ("local address", _norm_ip(local), _norm_ip(spec.local)),
-              ("underlay device index", data.get_attr("IFLA_VXLAN_LINK"), spec.link),
-              ("UDP port", data.get_attr("IFLA_VXLAN_PORT"), spec.port),
-              ("learning", bool(data.get_attr("IFLA_VXLAN_LEARNING")), spec.learning),
-              ("GBP", data.get_attr("IFLA_VXLAN_GBP") is not None, spec.gbp)]
+    if link.kind != "vxlan" or link.vxlan is None:
+        return f"it is a {link.kind or 'non-vxlan'} device"
+    v = link.vxlan
+    checks = [("VNI", v.vni, spec.vni),
+              ("local address", _norm_ip(v.local), _norm_ip(spec.local)),
+              ("underlay device index", v.link, spec.link),
+              ("UDP port", v.port, spec.port),
+              ("learning", v.learning, spec.learning),
+              ("GBP", v.gbp, spec.gbp)]
     for what, have, want in checks:
         if have != want:
             return f"its {what} is {have}, want {want}"
@@ -160,55 +155,55 @@ def _norm_ip(ip) -> str:
     return str(ipaddress.ip_address(ip)) if ip else ""
 
 
-def ensure_vtep(ipr, spec: VtepSpec, mac: str) -> tuple[int, str]:
+def ensure_vtep(sock, spec: VtepSpec, mac: str) -> tuple[int, str]:
     """(ifindex, why it was (re)created or "" when an existing device was kept)."""
-    found = ipr.link_lookup(ifname=spec.name)
+    link = links.get_link(sock, name=spec.name)
     why = "it did not exist"
-    if found:
-        link = ipr.get_links(found[0])[0]
+    if link is not None:
         why = vtep_mismatch(link, spec)
         if not why:
-            if link.get("IFLA_MTU") != spec.mtu:
-                ipr.link("set", index=found[0], mtu=spec.mtu)
-            return found[0], ""
+            if link.mtu != spec.mtu:
+                links.set_link(sock, link.index, mtu=spec.mtu)
+            return link.index, ""
         log.warning("%s exists but %s; recreating it", spec.name, why)
-        ipr.link("del", index=found[0])
+        links.delete_link(sock, link.index)
     else:
         log.info("creating %s (VNI %d, local %s, dstport %d)", spec.name, spec.vni, spec.local,
                  spec.port)
-    local_key = "vxlan_local" if spec.family == socket.AF_INET else "vxlan_local6"
-    extra = {"vxlan_gbp": True} if spec.gbp else {}
-    ipr.link("add", ifname=spec.name, kind="vxlan", vxlan_id=spec.vni, vxlan_link=spec.link,
-             vxlan_port=spec.port, vxlan_learning=int(spec.learning), address=mac,
-             mtu=spec.mtu, **{local_key: spec.local}, **extra)
+    links.add_vxlan(sock, spec.name, spec.vni, spec.link, spec.local, spec.port, spec.learning,
+                    spec.gbp, mac, spec.mtu)
     _sysctl(f"/proc/sys/net/ipv6/conf/{spec.name}/accept_ra", "0")
-    return ipr.link_lookup(ifname=spec.name)[0], why
+    created = links.get_link(sock, name=spec.name)
+    if created is None:
+        raise DataplaneError(f"{spec.name} vanished right after its creation")
+    return created.index, why
 
 
-def ensure_address(ipr, index: int, family: int, addr, network) -> None:
+def ensure_address(sock, index: int, family: int, addr, network) -> None:
     """Exactly `addr`/32 (/128) among our link's addresses inside `network`."""
     plen = 32 if family == socket.AF_INET else 128
     have = False
-    for a in ipr.get_addr(index=index, family=family):
-        ip, p = a.get("IFA_ADDRESS"), a.get("prefixlen")
+    for a in links.addresses(sock, family, index):
+        ip, p = a.address, a.prefixlen
         if ipaddress.ip_address(ip) == addr and p == plen:
             have = True
         elif network is not None and ipaddress.ip_address(ip) in network:
             log.info("removing stale address %s/%d from link %d", ip, p, index)
-            ipr.addr("del", index=index, address=ip, prefixlen=p)
+            links.delete_address(sock, index, ip, p)
     if not have:
-        ipr.addr("add", index=index, address=str(addr), prefixlen=plen)
+        links.add_address(sock, index, str(addr), plen)
 
 
-def ensure_up(ipr, index: int, mac: str) -> None:
-    link = ipr.get_links(index)[0]
-    if not link["flags"] & 1:  # IFF_UP
-        ipr.link("set", index=index, state="up")
-        link = ipr.get_links(index)[0]
-    if link.get("IFLA_ADDRESS") != mac:  # udev MACAddressPolicy may rewrite it (flannel #1795)
-        log.warning("link %d has MAC %s, want %s; setting it back", index,
-                    link.get("IFLA_ADDRESS"), mac)
-        ipr.link("set", index=index, address=mac)
+def ensure_up(sock, index: int, mac: str) -> None:
+    link = links.get_link(sock, index=index)
+    if link is None:
+        raise DataplaneError(f"link {index} vanished")
+    if not link.flags & 1:  # IFF_UP
+        links.set_link(sock, index, up=True)
+        link = links.get_link(sock, index=index) or link
+    if link.mac != mac:  # udev MACAddressPolicy may rewrite it (flannel #1795)
+        log.warning("link %d has MAC %s, want %s; setting it back", index, link.mac, mac)
+        links.set_link(sock, index, mac=mac)
 
 
 def _sysctl(path: str, value: str) -> None:

@@ -99,7 +99,19 @@ def first_reconcile_seconds(node) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
-def one_round(n: int, steady: float, keep_log: str = "") -> dict:
+def status_report(node, socket_path: str) -> tuple[float, int]:
+    """`flannelette status --json` over the CNI socket: (seconds, rows)."""
+    t = time.monotonic()
+    out = node.ns.run(sys.executable, "-c", "import sys; from cni_plugin.status import main; "
+                      "sys.exit(main(sys.argv[1:]))", "--socket", socket_path, "--json",
+                      check=False, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    seconds = time.monotonic() - t
+    if out.returncode:
+        raise SystemExit(f"flannelette status failed:\n{out.stderr.decode()}\n{node.log()}")
+    return seconds, len(json.loads(out.stdout)["leases"])
+
+
+def one_round(n: int, steady: float, keep_log: str = "", cni_socket: bool = True) -> dict:
     from tests.support.flanneletted import PREFIX, Underlay
 
     underlay = Underlay()
@@ -112,7 +124,8 @@ def one_round(n: int, steady: float, keep_log: str = "") -> dict:
         node = underlay.node()
         socket_path = os.path.join(node.dir, "cni.sock")
         started = time.monotonic()
-        node.start("--cni-socket", socket_path, "--reconcile-interval", "10")  # the default tick
+        node.start("--cni-socket", socket_path if cni_socket else "",
+                   "--reconcile-interval", "10")  # the default tick
         wait_until("subnet.env", lambda: os.path.exists(node.subnet_file), node, 60, 0.005)
         ready_s = time.monotonic() - started
         counts = wait_until(f"{3 * n} kernel objects", lambda: all_there(node, n), node, 120)
@@ -121,14 +134,7 @@ def one_round(n: int, steady: float, keep_log: str = "") -> dict:
         time.sleep(0.5)  # let the reconcile and the kernel watch settle
         rss_join = memory(pid)
 
-        t = time.monotonic()
-        status = node.ns.run(sys.executable, "-c", "import sys; from cni_plugin.status import main; "
-                             "sys.exit(main(sys.argv[1:]))", "--socket", socket_path, "--json",
-                             check=False, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
-        status_s = time.monotonic() - t
-        if status.returncode:
-            raise SystemExit(f"flannelette status failed:\n{status.stderr.decode()}\n{node.log()}")
-        report = json.loads(status.stdout)
+        status_s, status_rows = status_report(node, socket_path) if cni_socket else (float("nan"), 0)
         rss_status = memory(pid)
 
         time.sleep(steady)
@@ -138,7 +144,7 @@ def one_round(n: int, steady: float, keep_log: str = "") -> dict:
             raise SystemExit(f"kernel objects went missing in steady state: {final}")
         return {"ready_s": ready_s, "programmed_s": programmed_s,
                 "after_ready_s": programmed_s - ready_s, "reconcile_s": first_reconcile_seconds(node),
-                "objects": sum(counts), "status_s": status_s, "status_rows": len(report["leases"]),
+                "objects": sum(counts), "status_s": status_s, "status_rows": status_rows,
                 "rss_join": rss_join[0], "hwm_join": rss_join[1], "rss_status": rss_status[0],
                 "hwm_status": rss_status[1], "rss_steady": rss_steady[0], "hwm_steady": rss_steady[1],
                 "file_steady": rss_steady[2]}
@@ -153,12 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--leases", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--steady", type=float, default=60.0, help="seconds of steady state before the last RSS")
+    ap.add_argument("--no-cni-socket", action="store_true",
+                    help="run the daemon without the CNI fast path (and its plugin imports); no status step")
     ap.add_argument("--keep-log", default="", help="copy the daemon's log of the last round here")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_daemon_join: needs root (network namespaces)", file=sys.stderr)
         return 1
-    results = [one_round(args.leases, args.steady, args.keep_log) for _ in range(args.rounds)]
+    results = [one_round(args.leases, args.steady, args.keep_log, not args.no_cni_socket) for _ in range(args.rounds)]
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
 
     def verdict(value: float, limit: float, goal: float) -> str:
@@ -170,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
           f"({med['after_ready_s']:.2f} s after subnet.env; the daemon's own first reconcile "
           f"{med['reconcile_s']:.2f} s)  [limit {PROGRAM_LIMIT} s, goal {PROGRAM_GOAL} s: "
           f"{verdict(med['after_ready_s'], PROGRAM_LIMIT, PROGRAM_GOAL)}]")
-    print(f"  flannelette status: {int(med['status_rows'])} rows in {med['status_s']:.2f} s")
-    for label, key in (("after the join", "join"), ("after a status report", "status"),
+    if args.no_cni_socket:
+        print("  flannelette status: skipped (no CNI socket)")
+    else:
+        print(f"  flannelette status: {int(med['status_rows'])} rows in {med['status_s']:.2f} s")
+    after_status = "after the status step" if args.no_cni_socket else "after a status report"
+    for label, key in (("after the join", "join"), (after_status, "status"),
                        (f"after {args.steady:.0f} s steady", "steady")):
         print(f"  RSS {label + ':':28s} {med['rss_' + key]:5.1f} MiB (peak {med['hwm_' + key]:5.1f} MiB)"
               f"  [limit {RSS_LIMIT:.0f}, goal {RSS_GOAL:.0f}: "
