@@ -107,13 +107,26 @@ class Capture:
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            time.sleep(0.2)  # let the last replies land in the file
+            self._wait_until_file_settles()
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def _wait_until_file_settles(self, quiet: float = 0.2, limit: float = 3.0) -> None:
+        """tcpdump may still be writing the last frames (a loaded machine): wait until the
+        file has not grown for `quiet` seconds."""
+        deadline = time.monotonic() + limit
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = os.path.getsize(self.path)
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.02)
 
     def packets(self) -> list[Packet]:
         try:

@@ -50,18 +50,24 @@ def test_a_leaving_nodes_routes_disappear_from_the_others(make_cluster, data_pla
     leaving = cluster.nodes[-1]
     subnet = leaving.subnet
     stayers = cluster.nodes[:-1]
-    mac_before = {n.name: n.data_plane() for n in stayers}
+    before = {n.name: n.data_plane() for n in stayers}
+    assert all(n.route_to(subnet) for n in stayers)  # there was something to remove
     cluster.remove_node(leaving)
-    assert str(subnet.network_address) not in "".join(cluster.leases())
+    assert f"{subnet.network_address}-{subnet.prefixlen}" not in cluster.leases()
+
+    def remains(n) -> list[str]:
+        """What `n` still holds for the leaving node: route, neighbour (.0), FDB entry."""
+        plane = n.data_plane()
+        left = ["route"] if n.route_to(subnet) else []
+        left += ["neighbour"] if f"{subnet.network_address} " in plane["neigh"] else []
+        had_fdb = leaving.ip in before[n.name]["fdb"]
+        return left + (["fdb"] if had_fdb and leaving.ip in plane["fdb"] else [])
+
+    # Removal runs route, FDB, neighbour in turn: wait for all three, not just the route.
     deadline = time.monotonic() + 15
-    while any(n.route_to(subnet) for n in stayers) and time.monotonic() < deadline:
+    while any(remains(n) for n in stayers) and time.monotonic() < deadline:
         time.sleep(0.05)
     for n in stayers:
-        assert n.route_to(subnet) == [], f"{n.name} still routes {subnet}\n{n.describe()}"
-        plane = n.data_plane()
-        # Its VTEP (neighbour .0 and its FDB entry) goes with the route.
-        assert f"{subnet.network_address} " not in plane["neigh"], plane["neigh"]
-        if leaving.ip in mac_before[n.name]["fdb"]:
-            assert leaving.ip not in plane["fdb"], plane["fdb"]
+        assert remains(n) == [], f"{n.name} still holds {remains(n)} for {subnet}\n{n.describe()}"
     a, b = (cluster.add_pod(n) for n in stayers)
     assert a.ping(b.ip, wait=2), cluster.diagnostics()
