@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from typing import Optional
 
 from conf.cni import Result, RuntimeEnv
@@ -76,6 +75,8 @@ def delegate_environ(env: RuntimeEnv) -> dict[str, str]:
 
 
 def _exec(kind: str, env: RuntimeEnv, raw: dict) -> Optional[Result]:
+    import subprocess  # only for a delegated IPAM: a cold built-in call never pays for it
+
     exe = find_plugin(kind, env.path)
     try:
         proc = subprocess.run([exe], input=dump_config(raw), stdout=subprocess.PIPE,
