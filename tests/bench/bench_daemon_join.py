@@ -12,7 +12,9 @@ Measured, per round:
     reconcile duration from its log;
   - the daemon's RSS (VmRSS) and peak (VmHWM) from /proc/<pid>/status after the join,
     after one `flannelette status` report over the CNI socket, and after a steady state.
-Goals: programming < 2 s (goal 1 s); RSS < 80 MiB (goal 50 MiB).
+Goals: programming < 2 s (goal 1 s), judged on process start -> all objects (the
+interpreter's start-up included; the iproute2 poll adds up to one poll, some 50 ms);
+RSS < 80 MiB (goal 50 MiB). Every round removes its namespaces and files.
 
     sudo .venv/bin/python tests/bench/bench_daemon_join.py [--leases 5000] [--rounds 1] [--steady 60]
 """
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  start -> {int(med['objects'])} kernel objects:  {med['programmed_s']:.2f} s "
           f"({med['after_ready_s']:.2f} s after subnet.env; the daemon's own first reconcile "
           f"{med['reconcile_s']:.2f} s)  [limit {PROGRAM_LIMIT} s, goal {PROGRAM_GOAL} s: "
-          f"{verdict(med['after_ready_s'], PROGRAM_LIMIT, PROGRAM_GOAL)}]")
+          f"{verdict(med['programmed_s'], PROGRAM_LIMIT, PROGRAM_GOAL)}]")
     if args.no_cni_socket:
         print("  flannelette status: skipped (no CNI socket)")
     else:
