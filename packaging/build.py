@@ -1,11 +1,12 @@
-"""Build the PyInstaller onedir of the CNI executables, cached by source content.
+"""Build the PyInstaller onedir of flannelette's executables, cached by source content.
 
     .venv/bin/python packaging/build.py [--force]      (or `make build`)
 
-prints the onedir path (it holds the lean `flannelette` shim and `flannelette-full`, the
-in-process stack that also serves as `flannelette-ipam`; see flannelette.spec). A build is keyed by a hash of
-everything that goes into it (our bundled sources, the spec, the interpreter and the
-versions of PyInstaller, pydantic and pyroute2), so tests and `make bench` rebuild only
+prints the onedir path (it holds the lean `flannelette` shim, `flannelette-full`, the
+in-process stack that also serves as `flannelette-ipam`, and the daemon `flanneletted`;
+see flannelette.spec). A build is keyed by a hash of everything that goes into it (our
+bundled sources, the spec, the interpreter and the versions of PyInstaller and the
+libraries it freezes), so tests and `make bench` rebuild only
 after a change. Builds live under build/pyinstaller/<key>/; the last few are kept because
 test installs may point at them.
 """
@@ -24,18 +25,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "packaging" / "flannelette.spec"
-FULL_ENTRY = REPO / "packaging" / "entry_full.py"
-BUNDLED_PACKAGES = ("conf", "ipam", "cni_plugin")
-PINNED_DISTRIBUTIONS = ("pyinstaller", "pydantic", "pydantic-core", "pyroute2")
+ENTRIES = (REPO / "packaging" / "entry_full.py", REPO / "packaging" / "entry_daemon.py")
+BUNDLED_PACKAGES = ("conf", "ipam", "cni_plugin", "daemon")
+PINNED_DISTRIBUTIONS = ("pyinstaller", "pyinstaller-hooks-contrib", "pydantic", "pydantic-core",
+                        "etcd-sdk-python", "grpcio", "protobuf")
 BUILD_ROOT = REPO / "build" / "pyinstaller"
 KEEP_BUILDS = 3
 PRUNE_AFTER = 3600  # seconds
 EXECUTABLE = "flannelette"
 FULL_EXECUTABLE = "flannelette-full"
+DAEMON_EXECUTABLE = "flanneletted"
+EXECUTABLES = (EXECUTABLE, FULL_EXECUTABLE, DAEMON_EXECUTABLE)
 
 
 def source_files() -> list[Path]:
-    files = [SPEC, FULL_ENTRY, Path(__file__).resolve()]
+    files = [SPEC, *ENTRIES, Path(__file__).resolve()]
     for package in BUNDLED_PACKAGES:
         files += sorted(p for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts)
     return files
@@ -55,7 +59,7 @@ def build_key() -> str:
 
 
 def _complete(onedir: Path) -> bool:
-    return all((onedir / exe).is_file() for exe in (EXECUTABLE, FULL_EXECUTABLE)) and (onedir / ".complete").exists()
+    return all((onedir / exe).is_file() for exe in EXECUTABLES) and (onedir / ".complete").exists()
 
 
 def build(force: bool = False, quiet: bool = True) -> Path:
@@ -93,7 +97,7 @@ def _prune(keep: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build the flannelette CNI executables (PyInstaller onedir).")
+    parser = argparse.ArgumentParser(description="Build the flannelette executables (PyInstaller onedir).")
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
     parser.add_argument("--verbose", action="store_true", help="show PyInstaller's output")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
-"""The container image: the Dockerfile provides what the manifest runs, and the
-install-cni script lays the plugin out on a host as packaging/install.py does."""
+"""The container image: the Dockerfile provides what the manifest runs from the onedir
+that packaging/build.py makes, and install-cni puts the plugin on a host (that its tree
+equals packaging/install.py's is tested in test_install.py)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ import pathlib
 import re
 import subprocess
 
-import pytest
 import yaml
+
+from tests.support.install import packaging_build
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "packaging" / "Dockerfile"
@@ -51,44 +53,35 @@ def test_image_provides_every_command_the_manifest_runs():
     assert entry == ["/usr/local/bin/flanneletted"]
 
 
-@pytest.fixture
-def fake_onedir(tmp_path) -> pathlib.Path:
-    onedir = tmp_path / "image-onedir"
-    (onedir / "_internal").mkdir(parents=True)
-    exe = onedir / "flannelette"
-    exe.write_text("#!/bin/sh\necho \"plugin $(basename \"$0\")\"\n")
-    exe.chmod(0o755)
-    return onedir
+def image_links() -> dict[str, str]:
+    """link -> target for every `ln -s` of the final stage's RUN lines."""
+    return dict((link, target) for op, arg in instructions() if op == "RUN"
+                for target, link in re.findall(r"ln -s (\S+) (\S+)", arg))
 
 
-def install_cni(root: pathlib.Path, onedir: pathlib.Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(INSTALL_CNI), f"--root={root}", f"--onedir={onedir}",
-                           f"--conflist={CONFLIST}"], capture_output=True, text=True, check=True)
+def test_image_holds_the_onedir_where_install_cni_and_the_entrypoint_expect_it():
+    ins = instructions()
+    stages = [i for i, (op, _) in enumerate(ins) if op == "FROM"]
+    build_stage, final_stage = ins[stages[0]:stages[1]], ins[stages[1]:]
+    build_runs = " ".join(arg for op, arg in build_stage if op == "RUN")
+    assert "packaging/build.py" in build_runs  # the build the tests install, not a second recipe
+    (onedir_copy,) = [arg.split() for op, arg in final_stage if op == "COPY" and arg.startswith("--from")]
+    home = onedir_copy[-1]
+    default_onedir = re.search(r"^onedir=(\S+)$", INSTALL_CNI.read_text(), re.M).group(1)
+    assert home == default_onedir == "/opt/flannelette"
+    (entry,) = [json.loads(arg) for op, arg in final_stage if op == "ENTRYPOINT"]
+    target = image_links()[entry[0]]
+    assert os.path.dirname(target) == home
+    assert os.path.basename(target) in packaging_build.EXECUTABLES  # the frozen daemon
+    # all frozen: no interpreter in the runtime stage
+    final_runs = " ".join(arg for op, arg in final_stage if op == "RUN")
+    assert "python3" not in final_runs.split()
+    assert "bash" not in INSTALL_CNI.read_text().splitlines()[0]  # POSIX sh, as in the image
 
 
-def test_install_cni_lays_out_the_plugin_like_install_py(tmp_path, fake_onedir):
-    root = tmp_path / "host"
-    old_home = root / "opt" / "flannelette"  # a node installed earlier by packaging/install.py
-    old_home.mkdir(parents=True)
-    (old_home / "stale").write_text("x")
-    install_cni(root, fake_onedir)
-    install_cni(root, fake_onedir)  # an upgrade: the symlink flips, old copies go
-    opt = root / "opt"
-    versions = [p.name for p in opt.iterdir() if p.name.startswith("flannelette-")]
-    assert len(versions) == 1 and os.readlink(opt / "flannelette") == versions[0]
-    assert not (opt / "flannelette.old").exists()
-    for exe in ("flannelette", "flannelette-ipam"):
-        link = opt / "cni" / "bin" / exe
-        assert os.readlink(link) == "../../flannelette/flannelette"  # as packaging/install.py
-        out = subprocess.run([str(link)], capture_output=True, text=True, check=True).stdout
-        assert out.strip() == f"plugin {exe}"
-    installed = root / "etc" / "cni" / "net.d" / "10-flannelette.conflist"
-    assert installed.read_bytes() == CONFLIST.read_bytes()
-    assert installed.stat().st_mode & 0o777 == 0o644
-
-
-def test_install_cni_refuses_a_missing_onedir(tmp_path):
-    proc = subprocess.run([str(INSTALL_CNI), f"--root={tmp_path}", f"--onedir={tmp_path}/none",
-                           f"--conflist={CONFLIST}"], capture_output=True, text=True)
-    assert proc.returncode == 1 and "no executable" in proc.stderr
-    assert not (tmp_path / "opt").exists()
+def test_dockerfile_builds_with_what_dev_setup_installs_for_debian_python():
+    """PyInstaller on Debian's python3 needs the same packages dev-setup.sh adds on a fresh machine."""
+    build_runs = " ".join(arg for op, arg in instructions() if op == "RUN")
+    dev_setup = (REPO / "packaging" / "dev-setup.sh").read_text()
+    for pkg in ("python3-venv", "libpython3.11", "binutils"):
+        assert pkg in build_runs and pkg in dev_setup, pkg
