@@ -2,7 +2,8 @@
 
 Setup, all inside `flt-` namespaces: an underlay with a real etcd, N peer leases put
 into it by a small pyetcd client run inside the underlay namespace (all N keys share
-one etcd lease, TTL 1 h, written 100 keys per transaction), then one node running
+one etcd lease, TTL 1 h, or with --etcd-lease-per-key one lease each as real nodes
+hold them; written 100 keys per transaction), then one node running
 `python -m daemon.main` (vxlan, CNI socket on, the default 10 s reconcile tick).
 
 Measured, per round:
@@ -40,7 +41,7 @@ RSS_GOAL, RSS_LIMIT = 50.0, 80.0
 # Runs inside the underlay namespace: N flannel lease values under one shared etcd lease.
 SEED = r"""
 import json, sys, pyetcd
-endpoint, prefix, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+endpoint, prefix, n, per_key = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 host, port = endpoint.rsplit("/", 1)[-1].split(":")
 c = pyetcd.client(host=host, port=int(port), timeout=30)
 lease = c.lease(3600)
@@ -51,11 +52,11 @@ for x in range(n):
     value = json.dumps({"PublicIP": f"172.16.{third}.{fourth}", "PublicIPv6": None,
                         "BackendType": "vxlan", "BackendData": {
                             "VNI": 1, "VtepMAC": f"02:42:00:00:{third:02x}:{fourth:02x}"}})
-    ops.append(t.put(f"{prefix}/subnets/10.{third}.{fourth}.0-24", value, lease=lease.id))
+    lease_id = c.lease(3600).id if per_key else lease.id
+    ops.append(t.put(f"{prefix}/subnets/10.{third}.{fourth}.0-24", value, lease=lease_id))
     if len(ops) == 100 or x == n - 1:
         c.transaction(compare=[], success=ops, failure=[])
         ops = []
-print(lease.id)
 """
 
 COUNT = ("ip -o route show dev flannel.1 | wc -l; "
@@ -113,14 +114,16 @@ def status_report(node, socket_path: str) -> tuple[float, int]:
     return seconds, len(json.loads(out.stdout)["leases"])
 
 
-def one_round(n: int, steady: float, keep_log: str = "", cni_socket: bool = True) -> dict:
+def one_round(n: int, steady: float, keep_log: str = "", cni_socket: bool = True,
+              per_key: bool = False) -> dict:
     from tests.support.flanneletted import PREFIX, Underlay
 
     underlay = Underlay()
     try:
         etcd = underlay.start_etcd()
         etcd.put(PREFIX + "/config", CONFIG)
-        seeded = underlay.python(SEED, etcd.endpoint, PREFIX, str(n), timeout=300)
+        seeded = underlay.python(SEED, etcd.endpoint, PREFIX, str(n), "1" if per_key else "0",
+                                 timeout=300)
         if seeded.returncode:
             raise SystemExit(f"seeding etcd failed:\n{seeded.stderr.decode()}")
         node = underlay.node()
@@ -163,18 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady", type=float, default=60.0, help="seconds of steady state before the last RSS")
     ap.add_argument("--no-cni-socket", action="store_true",
                     help="run the daemon without the CNI fast path (and its plugin imports); no status step")
+    ap.add_argument("--etcd-lease-per-key", action="store_true",
+                    help="one etcd lease per key, as real nodes hold them (status then asks "
+                         "etcd for N expiries); default: all keys on one shared etcd lease")
     ap.add_argument("--keep-log", default="", help="copy the daemon's log of the last round here")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_daemon_join: needs root (network namespaces)", file=sys.stderr)
         return 1
-    results = [one_round(args.leases, args.steady, args.keep_log, not args.no_cni_socket) for _ in range(args.rounds)]
+    results = [one_round(args.leases, args.steady, args.keep_log, not args.no_cni_socket,
+                         args.etcd_lease_per_key) for _ in range(args.rounds)]
     med = {k: statistics.median(r[k] for r in results) for k in results[0]}
 
     def verdict(value: float, limit: float, goal: float) -> str:
         return "meets the goal" if value < goal else "within the limit" if value < limit else "OVER THE LIMIT"
 
-    print(f"flanneletted (vxlan) joining {args.leases} leases in etcd, {args.rounds} round(s), median:")
+    sharing = "one etcd lease each" if args.etcd_lease_per_key else "one shared etcd lease"
+    print(f"flanneletted (vxlan) joining {args.leases} leases in etcd ({sharing}), "
+          f"{args.rounds} round(s), median:")
     print(f"  start -> subnet.env written:      {med['ready_s']:.2f} s")
     print(f"  start -> {int(med['objects'])} kernel objects:  {med['programmed_s']:.2f} s "
           f"({med['after_ready_s']:.2f} s after subnet.env; the daemon's own first reconcile "
