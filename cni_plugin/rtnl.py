@@ -191,9 +191,10 @@ class RtnlSocket:
         effect of an earlier one; a failed request does not stop the ones after it.
         """
         buf = bytearray(b"".join(requests))
-        first, off = self.seq + 1, 0
-        for req in requests:
-            _U32.pack_into(buf, off + 8, self._next_seq())
+        index_of, off = {}, 0  # seq -> position (sequence numbers skip 0 when they wrap)
+        for i, req in enumerate(requests):
+            index_of[self._next_seq()] = i
+            _U32.pack_into(buf, off + 8, self.seq)
             _U16.pack_into(buf, off + 6, _U16.unpack_from(buf, off + 6)[0] | F_ACK)
             off += len(req)
         self.sock.send(buf)
@@ -203,8 +204,8 @@ class RtnlSocket:
         while pending:
             data = self.recv()
             for mtype, flags, seq, off, end in iter_messages(data):
-                i = (seq - first) & 0xFFFFFFFF
-                if i >= len(requests) or replies[i] is not None:
+                i = index_of.get(seq)
+                if i is None or replies[i] is not None:
                     continue  # a stale answer to an abandoned request
                 if mtype == NLMSG_ERROR or mtype == NLMSG_DONE:
                     if mtype == NLMSG_ERROR:

@@ -205,9 +205,9 @@ class DiskStore:
         try:
             os.write(fd, content)
             os.link(tmp, path)
-        except OSError as e:
+        except BaseException as e:
             os.close(fd)
-            if e.errno == errno.EEXIST:
+            if isinstance(e, OSError) and e.errno == errno.EEXIST:
                 return False
             raise
         finally:

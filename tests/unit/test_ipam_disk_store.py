@@ -164,3 +164,29 @@ def test_sigkill_mid_allocation_never_leaves_a_partial_reservation(tmp_path, rou
         # every reservation is distinct and the next allocation still works
         assert len({r.container_id for r in held}) == len(held)
     Allocator(store, make_range_sets([[IpamRange(subnet="10.8.0.0/16")]])).allocate("after", "eth0")
+
+
+def test_reservations_are_synced_once_the_lock_is_dropped(store, tmp_path, monkeypatch):
+    """Concurrent ADDs wait for the choice of an address, not for each other's disk flush."""
+    import fcntl
+
+    synced = []
+
+    def fdatasync(fd):
+        probe = os.open(tmp_path / "cbr0" / "lock", os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while the store is locked
+        finally:
+            os.close(probe)
+        synced.append(os.fstat(fd).st_ino)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with store.locked():
+        assert store.reserve("c1", "eth0", ip("10.1.0.2"), 0)
+        assert store.reserve("c1", "eth0", ip("fc00::2"), 1)
+        assert not store.reserve("c2", "eth0", ip("10.1.0.2"), 0)
+        assert synced == []
+    d = tmp_path / "cbr0"
+    assert synced == [(d / "10.1.0.2").stat().st_ino, (d / "fc00::2").stat().st_ino]
+    with store.locked():
+        assert [str(x) for x in store.get_by_id("c1", "eth0")] == ["10.1.0.2", "fc00::2"]
+    assert synced == [(d / "10.1.0.2").stat().st_ino, (d / "fc00::2").stat().st_ino]  # lookups sync nothing
