@@ -161,6 +161,16 @@ def test_install_cni_and_install_py_lay_out_the_same_tree(tmp_path, fake_onedir)
     assert "etc/cni/net.d/10-flannelette.conflist" in layout
 
 
+def test_install_cni_puts_a_runnable_plugin_from_the_real_build(tmp_path):
+    onedir = packaging_install.build.build()
+    subprocess.run([str(INSTALL_CNI), f"--root={tmp_path}", f"--onedir={onedir}",
+                    f"--conflist={SHIPPED / '10-flannelette.conflist'}"], check=True, capture_output=True)
+    expected = dispatch.run({}, {"CNI_COMMAND": "VERSION"}, VERSION_IN)[1]
+    for name in ("flannelette", "flannelette-ipam"):
+        out = run(tmp_path / "opt" / "cni" / "bin" / name)
+        assert (out.returncode, out.stdout) == (0, expected), out.stderr
+
+
 def test_install_cni_refuses_an_incomplete_onedir(tmp_path, fake_onedir):
     (fake_onedir / "flannelette-full").unlink()
     proc = subprocess.run([str(INSTALL_CNI), f"--root={tmp_path}/host", f"--onedir={fake_onedir}",
