@@ -1,5 +1,5 @@
 # flannelette: `make demo` runs a 3-node cluster in network namespaces, `make test` runs every test tier.
-.PHONY: setup test unit demo demo-down bench build clean
+.PHONY: setup test unit demo demo-down bench build install clean
 
 setup:
 	bash packaging/dev-setup.sh
@@ -21,6 +21,9 @@ bench: setup
 
 build: setup
 	.venv/bin/python packaging/build.py
+
+install: build
+	.venv/bin/python packaging/install.py
 
 clean:
 	rm -rf build dist .venv
