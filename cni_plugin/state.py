@@ -14,7 +14,6 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
-from conf.flannel import write_atomic
 
 log = logging.getLogger("flannelette")
 
@@ -39,11 +38,25 @@ def state_path(data_dir: str, network: str, container_id: str, ifname: str) -> s
     return os.path.join(network_dir(data_dir, network), f"{container_id}:{ifname}.json")
 
 
+def _staging_path(path: str) -> str:
+    """One fixed temporary name per attachment: a write killed half-way leaves one file,
+    which the retried ADD overwrites and DEL removes (a random name would pile up)."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{name}.tmp")
+
+
 def save_state(data_dir: str, network: str, state: AttachmentState) -> str:
     path = state_path(data_dir, network, state.container_id, state.ifname)
+    staging = _staging_path(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     # No fsync: after a crash a lost or empty file only makes DEL fall back to the
     # derived veth name and the request's IPAM config, which is what it holds anyway.
-    write_atomic(path, state.model_dump_json().encode(), 0o600, sync=False)
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, state.model_dump_json().encode())
+    finally:
+        os.close(fd)
+    os.rename(staging, path)  # readers see the old file or the whole new one
     return path
 
 
@@ -64,10 +77,12 @@ def load_state(data_dir: str, network: str, container_id: str, ifname: str) -> O
 
 
 def remove_state(data_dir: str, network: str, container_id: str, ifname: str) -> None:
-    try:
-        os.unlink(state_path(data_dir, network, container_id, ifname))
-    except FileNotFoundError:
-        pass
+    path = state_path(data_dir, network, container_id, ifname)
+    for leftover in (path, _staging_path(path)):
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            pass
 
 
 def list_states(data_dir: str, network: str) -> Iterator[AttachmentState]:

@@ -29,6 +29,16 @@ def test_save_load_remove_roundtrip(tmp_path):
     assert load_state(str(tmp_path), "net", "c1", "eth0") is None
 
 
+def test_a_write_killed_half_way_leaves_one_file_that_retry_and_del_clear(tmp_path):
+    save_state(str(tmp_path), "net", _state("c1"))
+    (tmp_path / "net" / ".c1:eth0.json.tmp").write_text('{"contai')  # killed mid-write
+    save_state(str(tmp_path), "net", _state("c1"))  # the retried ADD
+    assert sorted(os.listdir(tmp_path / "net")) == ["c1:eth0.json"]
+    (tmp_path / "net" / ".c1:eth0.json.tmp").write_text('{"contai')
+    remove_state(str(tmp_path), "net", "c1", "eth0")  # DEL
+    assert os.listdir(tmp_path / "net") == []
+
+
 def test_list_states_skips_temp_and_damaged_files(tmp_path):
     for cid in ("c2", "c1"):
         save_state(str(tmp_path), "net", _state(cid))
