@@ -86,7 +86,7 @@ def cmd_del(req: Request) -> None:
     cid, ifname = req.env.container_id, req.env.ifname
     state = load_state(conf.data_dir, conf.name, cid, ifname)
     host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
-    links.delete_link(host_netlink(), host_name)
+    links.remove_link(host_netlink(), host_name)
     call_ipam(req.env, "DEL", _saved_or_requested_ipam(req, conf, state))
     remove_state(conf.data_dir, conf.name, cid, ifname)
 

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -327,6 +328,39 @@ def delete_link(ipr: RtnlSocket, name: str) -> bool:
         return False
     _checked(f"deleting {name}", reply)
     return True
+
+
+def remove_link(ipr: RtnlSocket, name: str, poll: float = 0.0005) -> bool:
+    """DEL's removal: returns once `name` has left the namespace, about 1 ms after the request.
+
+    The kernel unlists a veth pair early in RTM_DELLINK and then waits for an RCU barrier
+    (~17 ms) before the call returns; that wait runs on a helper thread with its own
+    socket, created here so it is in this thread's netns. A refusal is still reported:
+    while the link stays listed, this waits for the helper's answer.
+    """
+    sock = RtnlSocket(rcvbuf=1 << 16)
+    answer: list = []
+
+    def delete() -> None:
+        try:
+            answer.append(sock.call([_link_del(name)])[0])
+        except OSError as e:
+            answer.append(rtnl.Reply(e.errno or errno.EIO, "", []))
+        finally:
+            sock.close()
+
+    helper = threading.Thread(target=delete, name=f"del-{name}", daemon=True)
+    helper.start()
+    while True:
+        helper.join(poll)
+        if answer:
+            reply = answer[0]
+            if reply.code in (errno.ENODEV, errno.ENOENT):
+                return False
+            _checked(f"deleting {name}", reply)
+            return True
+        if get_link(ipr, name) is None:
+            return True
 
 
 # ---------------------------------------------------------------- pod side
