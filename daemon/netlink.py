@@ -237,24 +237,28 @@ class RtnlSocket(rtnl.RtnlSocket):
             if not chunk:
                 return failures, replies
             buf = bytearray(b"".join(chunk))
-            first, off = self.seq + 1, 0
-            for req in chunk:  # patch sequence numbers in place
-                _U32.pack_into(buf, off + 8, self._next_seq())
+            index_of, off = {}, 0
+            for i, req in enumerate(chunk):  # patch sequence numbers in place
+                index_of[self._next_seq()] = start + i
+                _U32.pack_into(buf, off + 8, self.seq)
                 last_off, off = off, off + len(req)
             if not expect_reply:
                 _U16.pack_into(buf, last_off + 6, _U16.unpack_from(buf, last_off + 6)[0] | F_ACK)
             self.sock.send(buf)
-            self._collect(first, self.seq, start, failures, replies, expect_reply)
+            self._collect(index_of, self.seq, failures, replies, expect_reply)
             start += len(chunk)
 
-    def _collect(self, first: int, last: int, base: int, failures: list[Failure],
+    def _collect(self, index_of: dict[int, int], last: int, failures: list[Failure],
                  replies: dict[int, tuple], expect_reply: bool) -> None:
+        """Read answers of one batch; `index_of` maps each sequence number sent to its request."""
         answered = 0
-        want = last - first + 1 if expect_reply else None
+        want = len(index_of) if expect_reply else None
         while True:
             buf = self.recv()
             for mtype, flags, seq, off, end in iter_messages(buf):
-                index = base + ((seq - first) & 0xFFFFFFFF)
+                index = index_of.get(seq)
+                if index is None:  # a late answer to an earlier batch
+                    continue
                 if mtype == NLMSG_ERROR:
                     code, text = parse_error(buf, off, end, flags)
                     if code:

@@ -1,7 +1,7 @@
 """Entry of `flannelette-full`, the frozen executable holding the whole in-process stack.
 
 The lean `flannelette` shim execs it (stdin handed over in a memfd) when the daemon cannot
-take a request; `flannelette-ipam` is a symlink to it. Keeping pydantic, pyroute2 and our
+take a request; `flannelette-ipam` is a symlink to it. Keeping pydantic and our
 packages out of the shim's own archive keeps every fast-path start-up small.
 """
 import os

@@ -1,12 +1,14 @@
 """The planner's wire format: hand-packed rtnetlink requests decode to what was meant."""
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from cni_plugin import rtnl
 from daemon import netlink as nl
 
 
@@ -60,3 +62,33 @@ def test_messages_split_and_error_text_is_read():
     assert [m[0] for m in msgs] == [nl.RTM_DELROUTE, nl.NLMSG_ERROR]
     _type, flags, seq, off, end = msgs[1]
     assert seq == 9 and nl.parse_error(first + err, off, end, flags) == (101, "Nexthop has invalid gateway")
+
+
+class BatchKernel:
+    """Answers a batch like the kernel: an error for each refused message, an ACK where asked."""
+
+    def __init__(self, refuse: set[int]):
+        self.refuse, self.out, self.seqs = refuse, [], []
+
+    def send(self, buf):
+        reply = b""
+        for i, (_t, flags, seq, off, _e) in enumerate(rtnl.iter_messages(buf)):
+            self.seqs.append(seq)
+            if i in self.refuse or flags & rtnl.F_ACK:
+                code = errno.ENETUNREACH if i in self.refuse else 0
+                err = struct.pack("=i", -code) + bytes(buf[off - 16:off])
+                reply += struct.pack("=IHHII", 16 + len(err), rtnl.NLMSG_ERROR, 0x100, seq, 0) + err
+        self.out.append(reply)
+
+    def recv(self, _size):
+        return self.out.pop(0)
+
+
+def test_send_batch_names_the_failed_request_across_a_sequence_wrap():
+    sock = nl.RtnlSocket.__new__(nl.RtnlSocket)
+    sock.seq = 0xFFFFFFFE  # the second request gets 0xFFFFFFFF, the third 1 (0 is skipped)
+    sock.sock = BatchKernel(refuse={2})
+    reqs = [nl.route_replace(f"10.244.{i}.0", 24, f"10.244.{i}.0", 3, True) for i in range(4)]
+    failures, _ = sock.send_batch(reqs)
+    assert sock.sock.seqs == [0xFFFFFFFF, 1, 2, 3]
+    assert [(f.index, f.error.errno) for f in failures] == [(2, errno.ENETUNREACH)]
