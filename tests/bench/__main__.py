@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "plugin": "tests.bench.bench_plugin",            # CNI ADD/DEL latency vs bridge + host-local
     "daemon-join": "tests.bench.bench_daemon_join",  # flanneletted joining many leases
+    "backend-join": "tests.bench.bench_join",        # the vxlan backend alone programming many leases
 }
 
 

@@ -1,8 +1,8 @@
 """Benchmark: a node joins a cluster of N existing vxlan leases (issue 4 item 11).
 
 Each round builds a fresh node namespace (uplink eth0 on an underlay switch), then
-runs a child process inside it that imports what the daemon imports (pyroute2,
-pyetcd, pydantic), creates the vxlan backend and times the first reconcile of N
+runs a child process inside it that imports what the daemon imports
+(pyetcd, pydantic), creates the vxlan backend and times the first reconcile of N
 fake leases: 3 x N kernel objects (neighbour, FDB, route). The child then checks
 every object with iproute2, times a no-op reconcile, a repair and a removal, and
 reports its RSS. Target: < 2 s (goal 1 s) and RSS < 80 MiB (goal 50 MiB).
@@ -79,7 +79,6 @@ def inside(n: int, direct: bool, watch: bool) -> dict:
     """Runs in the node namespace, in a fresh process."""
     import pydantic  # noqa: F401  (the daemon's imports, for an honest RSS)
     import pyetcd  # noqa: F401
-    import pyroute2  # noqa: F401
 
     from conf.flannel import Lease, load_network_config
     from daemon.dataplane import discover_node, make_backend
@@ -140,7 +139,7 @@ def one_round(n: int, direct: bool, watch: bool) -> dict:
         underlay.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--leases", type=int, default=5000)
     ap.add_argument("--rounds", type=int, default=3)
@@ -149,7 +148,7 @@ def main() -> None:
     ap.add_argument("--no-watch", action="store_true", help="without the kernel watch thread")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--verify", nargs=2, type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.verify:
         print(check_kernel(fake_leases(args.verify[0])[: args.verify[1]]))
         return
