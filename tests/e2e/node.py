@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from conf.flannel import load_subnet_env
 from tests.e2e.topology import Attachment
 from tests.support.netns import NetNS
+from tests.support.procs import stop_group
 
 if TYPE_CHECKING:
     from tests.e2e.cluster import Cluster
@@ -113,14 +114,7 @@ class Node:
     def stop_daemon(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        code, self.proc = self.proc.returncode, None
+        code, self.proc = stop_group(self.proc, sig, timeout), None
         return code
 
     def restart_daemon(self) -> None:

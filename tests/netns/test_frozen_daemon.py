@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.support.flanneletted import (PREFIX, SUBNETS, DaemonNode, Underlay, underlay,  # noqa: F401
+from tests.support.flanneletted import (SUBNETS, DaemonNode, Underlay, underlay,  # noqa: F401
                                         wait_for)
 from tests.support.install import packaging_install
 

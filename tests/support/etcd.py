@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 
 from tests.support.certs import Pki
 from tests.support.netns import NetNS
+from tests.support.procs import stop_group
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
@@ -95,13 +95,8 @@ class EtcdServer:
 
     def stop(self) -> None:
         """Stop etcd, keeping its data (start() again resumes the same store)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        if self.proc:
+            stop_group(self.proc)
         self.proc = None
 
     def close(self) -> None:

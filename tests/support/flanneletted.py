@@ -23,6 +23,7 @@ import pytest
 from conf.flannel import SubnetEnv, load_subnet_env
 from tests.support.etcd import EtcdServer
 from tests.support.netns import NetNS, link_netns
+from tests.support.procs import stop_group
 
 ETCD_IP = "10.77.0.254"
 PREFIX = "/coreos.com/network"
@@ -148,14 +149,7 @@ class DaemonNode:
     def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        code, self.proc = self.proc.returncode, None
+        code, self.proc = stop_group(self.proc, sig, 15), None
         return code
 
     def log(self) -> str:
