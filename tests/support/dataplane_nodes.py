@@ -1,8 +1,8 @@
 """Netns "nodes" on an underlay, each able to run a data plane backend in-process.
 
-`Underlay` builds a switch namespace with bridge `br0` (192.168.50.0/24) and,
-when asked, a second segment `br1` (192.168.60.0/24) routed by the switch
-namespace itself, so a node there is reachable only through a gateway.
+`Underlay` is the shared one (tests/support/underlay.py) with bridge `br0`
+(192.168.50.0/24) and, when asked, a second segment `br1` (192.168.60.0/24)
+behind a router netns, so a node there is reachable only through a gateway.
 `NodeWorker` is a forked child that entered the node's namespace (setns) and
 holds a Backend; the test calls module-level functions in it. No etcd needed:
 tests hand Lease objects over directly.
@@ -16,7 +16,8 @@ import traceback
 
 import pytest
 
-from tests.support.netns import NetNS, link_netns
+from tests.support.netns import NetNS
+from tests.support.underlay import Underlay as SharedUnderlay
 
 CLONE_NEWNET = 0x40000000
 
@@ -83,44 +84,24 @@ class Node:
         return self.worker
 
 
-class Underlay:
-    """A switch netns and node namespaces wired to it with veth `eth0`."""
+class Underlay(SharedUnderlay):
+    """Nodes on 192.168.50.0/24 (fd50::/64), numbered from .10; `add_segment` adds the routed
+    192.168.60.0/24 (fd60::/64) behind a router netns."""
 
     def __init__(self):
-        self.switch = NetNS()
+        super().__init__(network="192.168.50.0/24", network6="fd50::/64",
+                         routed_network="192.168.60.0/24", routed_network6="fd60::/64",
+                         first_host=10)
         self.nodes: list[Node] = []
-        self.switch.run("ip", "link", "add", "br0", "type", "bridge")
-        self.switch.run("ip", "link", "set", "br0", "up")
-        self._segments = {"br0": ("192.168.50", "fd50::")}
 
     def add_segment(self) -> None:
         """A second, routed segment br1: its nodes are reached through 192.168.50.1."""
-        sw = self.switch
-        sw.run("ip", "link", "add", "br1", "type", "bridge")
-        sw.run("ip", "link", "set", "br1", "up")
-        sw.run("ip", "addr", "add", "192.168.50.1/24", "dev", "br0")
-        sw.run("ip", "addr", "add", "192.168.60.1/24", "dev", "br1")
-        sw.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        self._segments["br1"] = ("192.168.60", "fd60::")
+        self.add_router()
 
     def add_node(self, bridge: str = "br0", mtu: int = 1500) -> Node:
         ns = NetNS()
-        host = len(self.nodes) + 10
-        v4, v6 = self._segments[bridge]
-        port = f"p{host}"
-        link_netns(self.switch, ns, port, "eth0")
-        self.switch.run("ip", "link", "set", port, "master", bridge)
-        ns.run("ip", "link", "set", "eth0", "mtu", str(mtu))
-        ns.run("sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0")
-        ns.run("ip", "addr", "add", f"{v4}.{host}/24", "dev", "eth0")
-        ns.run("ip", "addr", "add", f"{v6}{host}/64", "dev", "eth0", "nodad")
-        ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        ns.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
-        if bridge == "br1":
-            ns.run("ip", "route", "add", "default", "via", "192.168.60.1")
-        elif "br1" in self._segments:
-            ns.run("ip", "route", "add", "192.168.60.0/24", "via", "192.168.50.1")
-        node = Node(ns, f"{v4}.{host}", f"{v6}{host}")
+        att = self.attach(ns, routed=bridge == "br1", ipv6=True, mtu=mtu, forwarding=True)
+        node = Node(ns, att.ip, att.ip6)
         self.nodes.append(node)
         return node
 
@@ -129,7 +110,7 @@ class Underlay:
             if node.worker:
                 node.worker.close()
             node.ns.close()
-        self.switch.close()
+        super().close()
 
 
 @pytest.fixture

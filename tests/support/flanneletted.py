@@ -1,6 +1,6 @@
 """Real flanneletted processes in netns "nodes" on a small underlay, for daemon tests.
 
-    underlay netns: br0 10.77.0.254/24, etcd listens there
+    underlay netns (tests/support/underlay.py): br0 10.77.0.254/24, etcd listens there
         |-- node 1: eth0 10.77.0.11/24, default via .254, runs `python -m daemon.main`
         |-- node 2: eth0 10.77.0.12/24 ...
 
@@ -22,8 +22,9 @@ import pytest
 
 from conf.flannel import SubnetEnv, load_subnet_env
 from tests.support.etcd import EtcdServer
-from tests.support.netns import NetNS, link_netns
+from tests.support.netns import NetNS
 from tests.support.procs import stop_group
+from tests.support.underlay import Underlay as SharedUnderlay
 
 ETCD_IP = "10.77.0.254"
 PREFIX = "/coreos.com/network"
@@ -58,17 +59,17 @@ def underlay(request) -> Iterator["Underlay"]:
         u.close()
 
 
-class Underlay:
-    """The switch namespace (bridge br0) and the nodes' directory."""
+class Underlay(SharedUnderlay):
+    """The shared underlay on 10.77.0.0/24 (fd77::/64) with the switch at ETCD_IP (the nodes'
+    default gateway), plus the nodes' directory and etcd."""
 
     def __init__(self):
-        self.ns = NetNS()
+        super().__init__(network="10.77.0.0/24", network6="fd77::/64", switch_host=254,
+                         first_host=11, default_via_switch=True)
+        assert self.switch_ip == ETCD_IP
         self.dir = tempfile.mkdtemp(prefix="flt-daemon-")
         self.nodes: list[DaemonNode] = []
         self.etcd: Optional[EtcdServer] = None
-        self.ns.run("ip", "link", "add", "br0", "type", "bridge")
-        self.ns.run("ip", "link", "set", "br0", "up")
-        self.ns.run("ip", "addr", "add", f"{ETCD_IP}/24", "dev", "br0")
 
     def start_etcd(self, etcd: Optional[EtcdServer] = None) -> EtcdServer:
         self.etcd = (etcd or EtcdServer(self.ns, ETCD_IP)).start()
@@ -88,16 +89,16 @@ class Underlay:
             node.close()
         if self.etcd is not None:
             self.etcd.close()
-        self.ns.close()
+        super().close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class DaemonNode:
     def __init__(self, underlay: Underlay, index: int, ipv6: bool = False):
         self.underlay, self.index = underlay, index
-        self.ip = f"10.77.0.{10 + index}"
-        self.ipv6 = f"fd77::{10 + index}" if ipv6 else None
         self.ns = NetNS()
+        attachment = underlay.attach(self.ns, ipv6=ipv6)
+        self.ip, self.ipv6 = attachment.ip, attachment.ip6
         self.dir = os.path.join(underlay.dir, f"node{index}")
         os.makedirs(self.dir)
         self.subnet_file = os.path.join(self.dir, "subnet.env")
@@ -105,12 +106,6 @@ class DaemonNode:
         self.cni_socket = os.path.join(self.dir, "cni.sock")
         self.log_path = os.path.join(self.dir, "flanneletted.log")
         self.proc: Optional[subprocess.Popen] = None
-        link_netns(self.ns, underlay.ns, "eth0", f"n{index}-{self.ns.name[-4:]}")
-        underlay.ns.run("ip", "link", "set", f"n{index}-{self.ns.name[-4:]}", "master", "br0")
-        self.ns.run("ip", "addr", "add", f"{self.ip}/24", "dev", "eth0")
-        self.ns.run("ip", "route", "add", "default", "via", ETCD_IP)
-        if self.ipv6:
-            self.ns.run("ip", "addr", "add", f"{self.ipv6}/64", "dev", "eth0", "nodad")
 
     def argv(self, *extra: str) -> list[str]:
         etcd = self.underlay.etcd
