@@ -56,7 +56,11 @@ def build_report(config: NetworkConfig, own: Optional[Lease], known: list[KnownL
     """The status report as a JSON-able dict (see the module docstring)."""
     entries = []
     ask_etcd = expiry is not None and connected
-    for item in sorted(known, key=lambda k: k.lease.subnet):
+    listed = list(known)
+    if own is not None and all(k.lease.subnet != own.subnet for k in known):
+        # our own write may not have come back through the watch yet; we hold it regardless
+        listed.append(KnownLease(own, 0))
+    for item in sorted(listed, key=lambda k: k.lease.subnet):
         lease = item.lease
         is_own = own is not None and lease.subnet == own.subnet
         entry = lease_entry(lease, True if is_own else _safe(programmed, lease))

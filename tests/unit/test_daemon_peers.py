@@ -81,6 +81,16 @@ def test_status_report_from_compact_leases():
     assert report["leases"][1]["publicIP"] == "192.168.1.2" and expiry.live == {8, 9}
 
 
+def test_status_report_lists_our_own_lease_before_the_watch_echoes_it():
+    config = load_network_config('{"Network": "10.244.0.0/16"}')
+    own = load_lease("10.244.1.0-24", VALUE.split(',"PublicIPv6"')[0] % 1 + ',"BackendType":"vxlan",'
+                     '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:01"}}', 5000.0)
+    known = [KnownLease(parse_lease(KeyValue("10.244.2.0-24", (VALUE % (2, 2, 2)).encode(), 9, 1)), 9)]
+    report = build_report(config, own, known, lambda lease: False, None, True, True, 5)
+    assert [(e["subnet"], e["programmed"], e["expires"]) for e in report["leases"]] == [
+        ("10.244.1.0/24", True, 5000.0), ("10.244.2.0/24", False, 0)]
+
+
 def test_malloc_controls_work_on_glibc():
     assert limit_arenas() is True  # this venv runs on Debian's glibc
     blocks = [bytearray(100_000) for _ in range(300)]  # below the mmap threshold: heap pages
