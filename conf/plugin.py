@@ -61,6 +61,7 @@ class IpamConf(BaseModel):
     data_dir: str = Field(default=DEFAULT_IPAM_DATA_DIR, alias="dataDir")
     ranges: list[list[IpamRange]] = Field(default_factory=list)
     routes: Optional[list[Route]] = None
+    resolv_conf: Optional[str] = Field(default=None, alias="resolvConf")
 
     @field_validator("ranges")
     @classmethod

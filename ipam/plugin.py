@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from conf.cni import IPConfig, NetConf, Result, Route, load_model
+from conf.cni import Dns, IPConfig, NetConf, Result, Route, load_model
 from conf.dispatch import Handler, Request
 from conf.errors import (
     CheckFailedError,
@@ -115,15 +115,43 @@ def requested_ips(req: Request, netconf: NetConf) -> list[IPAddr]:
 # ---------------------------------------------------------------- verbs
 
 
+def read_resolv_conf(path: str) -> Dns:
+    """host-local's resolvConf: nameserver, domain, search (last wins) and options lines."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise InvalidConfigError(
+            f"invalid network configuration: field 'ipam.resolvConf': cannot read {path}: "
+            f"{e.strerror or e}") from None
+    dns = Dns()
+    for line in lines:
+        words = line.split()
+        if not words or words[0][0] in "#;":
+            continue
+        key, values = words[0], words[1:]
+        if key == "nameserver" and values:
+            dns.nameservers.append(values[0])
+        elif key == "domain" and values:
+            dns.domain = values[0]
+        elif key == "search":
+            dns.search = values
+        elif key == "options":
+            dns.options.extend(values)
+    return dns
+
+
 def cmd_add(req: Request) -> Result:
     net = load_network(req)
     plan = plan_ranges(net.ipam)
     wanted = requested_ips(req, net.netconf)
+    dns = read_resolv_conf(net.ipam.resolv_conf) if net.ipam.resolv_conf else Dns()
     allocations = Allocator(net.store, plan.range_sets).allocate(
         req.env.container_id, req.env.ifname, wanted)
     return Result(
         ips=[IPConfig(address=a.address, gateway=str(a.range.gateway)) for a in allocations],
         routes=plan.routes,
+        dns=dns,
     )
 
 

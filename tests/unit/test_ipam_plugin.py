@@ -89,6 +89,23 @@ def test_ipam_routes_replace_the_flannel_routes(node):
     assert "routes" not in out
 
 
+def test_resolv_conf_fills_the_result_dns(node, tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("# written by the operator\nnameserver 10.96.0.10\n; old\nnameserver 10.96.0.11\n"
+                      "domain cluster.local\nsearch a.local\nsearch svc.cluster.local cluster.local\n"
+                      "options ndots:5\noptions edns0\n")
+    status, out = node.call("ADD", ipam={"resolvConf": str(resolv)})
+    assert status == 0 and out["dns"] == {
+        "nameservers": ["10.96.0.10", "10.96.0.11"], "domain": "cluster.local",
+        "search": ["svc.cluster.local", "cluster.local"], "options": ["ndots:5", "edns0"]}
+
+
+def test_unreadable_resolv_conf_is_a_config_error_that_allocates_nothing(node, tmp_path):
+    status, out = node.call("ADD", ipam={"resolvConf": str(tmp_path / "missing")})
+    assert (status, out["code"]) == (1, 7) and "ipam.resolvConf" in out["msg"] and "missing" in out["msg"]
+    assert node.held() == {}
+
+
 @pytest.mark.parametrize("how", ["cni_args", "args", "runtimeConfig"])
 def test_requested_address_three_ways(node, how):
     kw = {"cni_args": "IgnoreUnknown=1;IP=10.244.1.50"} if how == "cni_args" else \
