@@ -7,6 +7,7 @@ It forwards the request (CNI_* env, stdin, an open fd of CNI_NETNS over SCM_RIGH
 daemon socket named by the config's `daemonSocket` and prints the reply. When the daemon
 cannot be reached, or the config is too broken to tell where it is, the same handlers run
 in-process (slow but identical). `flannelette status` shows the node's leases.
+In the frozen build packaging/launcher.c runs this module as `flannelette_shim`.
 
 Wire format (daemon/cni_server.py is the other end):
   request = b"FLT1" + op(1) + len(env)(4, big-endian) + len(stdin)(4) + env + stdin
@@ -159,11 +160,14 @@ def write_out(data):
         view = view[posix.write(1, view):]
 
 
+def _full_stack():
+    """Frozen build: `flannelette-full` next to this executable (packaging/flannelette.spec)
+    holds the in-process stack, json and argparse that this lean one leaves out."""
+    return sys.executable.rpartition("/")[0] + "/flannelette-full"
+
+
 def _exec_full_stack(stdin):
-    """Frozen build: hand the request to `flannelette-full` (packaging/flannelette.spec),
-    which holds the in-process stack this lean executable leaves out. stdin goes over in a
-    memfd; the environment loses the bootloader's private variables, so the second
-    bootloader starts afresh."""
+    """Hand the request to the full stack; stdin goes over in a memfd."""
     fd = posix.memfd_create("flannelette-stdin", 0)
     view = memoryview(stdin)
     while view:
@@ -171,14 +175,7 @@ def _exec_full_stack(stdin):
     posix.lseek(fd, 0, 0)
     posix.dup2(fd, 0)
     posix.close(fd)
-    env = {k: v for k, v in posix.environ.items() if not k.startswith(b"_PYI_")}
-    original = env.pop(b"LD_LIBRARY_PATH_ORIG", None)
-    if original is None:
-        env.pop(b"LD_LIBRARY_PATH", None)
-    else:
-        env[b"LD_LIBRARY_PATH"] = original
-    full = sys.executable.rpartition("/")[0] + "/flannelette-full"
-    posix.execve(full, [sys.argv[0]], env)
+    posix.execv(_full_stack(), [sys.argv[0]])
 
 
 def run_in_process(stdin, fd=-1):
@@ -235,7 +232,9 @@ def main():
     if argv[0].rpartition("/")[2] == "flannelette-ipam":  # the script form: one stub, both names
         from ipam.main import main as ipam_main
         return ipam_main()
-    if len(argv) > 1 and argv[1] == "status":  # only the lean path: json/argparse, no plugin stack
+    if len(argv) > 1 and argv[1] == "status":  # json/argparse, no plugin stack
+        if getattr(sys, "frozen", False):
+            posix.execv(_full_stack(), argv)
         from cni_plugin.status import main as status_main
         sys.exit(status_main(argv[2:]))
     status = run_cni()

@@ -9,7 +9,7 @@
 # The interpreter is $PYTHON, else python3 on PATH (a pyenv build or Debian's /usr/bin/python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS="etcd-server etcd-client containernetworking-plugins iproute2 iptables tcpdump iputils-ping"
+TOOLS="etcd-server etcd-client containernetworking-plugins iproute2 iptables tcpdump iputils-ping strace"
 py=${PYTHON:-$(command -v python3 || true)}
 
 # The Debian packages this machine lacks, one per line.
@@ -19,8 +19,9 @@ missing_packages() {
     dpkg -s "$p" >/dev/null 2>&1 || echo "$p"
   done
   command -v objdump >/dev/null || echo binutils  # PyInstaller reads library deps with objdump
+  command -v cc >/dev/null || echo gcc  # build.py compiles packaging/launcher.c
   if [ -z "$py" ]; then  # no Python at all: Debian 12's, with what the next two checks ask for
-    echo python3 python3-venv libpython3.11
+    echo python3 python3-venv libpython3.11 libpython3.11-dev
     return
   fi
   local venv_py=.venv/bin/python
@@ -31,14 +32,24 @@ missing_packages() {
   fi
   # PyInstaller bundles the shared libpython; Debian's python3 is linked statically and
   # ships the shared one separately (libpython3.X). A pyenv build needs --enable-shared.
-  local soname libdir ver
-  read -r soname libdir ver < <("$venv_py" -c 'import sys, sysconfig as s
-print(s.get_config_var("INSTSONAME") or "-", s.get_config_var("LIBDIR") or "-", "%d.%d" % sys.version_info[:2])')
+  # launcher.c also needs the interpreter's headers (Debian: libpython3.X-dev).
+  local soname libdir ver include debian=
+  read -r soname libdir ver include < <("$venv_py" -c 'import sys, sysconfig as s
+print(s.get_config_var("INSTSONAME") or "-", s.get_config_var("LIBDIR") or "-", "%d.%d" % sys.version_info[:2],
+      s.get_paths()["include"])')
+  dpkg -S "$(readlink -f "$venv_py")" >/dev/null 2>&1 && debian=1  # Debian's own interpreter
   if [ ! -e "$libdir/$soname" ] && ! { ldconfig -p 2>/dev/null || true; } | grep -qF "$soname"; then
-    if dpkg -S "$(readlink -f "$venv_py")" >/dev/null 2>&1; then  # Debian's own interpreter
+    if [ -n "$debian" ]; then
       echo "libpython$ver"
     else
       echo "dev-setup: $venv_py has no shared $soname; PyInstaller (make build) needs one" >&2
+    fi
+  fi
+  if [ ! -f "$include/Python.h" ]; then
+    if [ -n "$debian" ]; then
+      echo "libpython$ver-dev"
+    else
+      echo "dev-setup: no Python.h in $include; make build needs the interpreter's headers" >&2
     fi
   fi
 }

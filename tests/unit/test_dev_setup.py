@@ -1,5 +1,6 @@
 """packaging/dev-setup.sh decides what a machine lacks: a fresh Debian 12 (python3 without
-venv, no shared libpython, no objdump) against this machine's pyenv Python.
+venv, no shared libpython and no headers, no objdump, no C compiler) against this
+machine's pyenv Python.
 
 A copy of the script runs in a scratch checkout (no .venv) with stand-ins for dpkg,
 ldconfig and Debian's python3 first on PATH; `--missing` only prints, so nothing is installed.
@@ -14,7 +15,7 @@ import subprocess
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "packaging" / "dev-setup.sh"
 TOOLS = ["etcd-server", "etcd-client", "containernetworking-plugins", "iproute2", "iptables",
-         "tcpdump", "iputils-ping"]
+         "tcpdump", "iputils-ping", "strace"]
 BASICS = ["bash", "env", "dirname", "tr", "sed", "grep", "readlink", "cat"]
 
 FAKE_DPKG = """#!/bin/sh
@@ -25,21 +26,23 @@ case $1 in
 esac
 exit 2
 """
-# Debian 12's python3 before python3-venv and libpython3.11: no ensurepip, no libpython .so
+# Debian 12's python3 before python3-venv and libpython3.11(-dev): no ensurepip, no
+# libpython .so, no Python.h
 FAKE_DEBIAN_PYTHON = """#!/bin/sh
 case "$2" in
   "import ensurepip") exit 1 ;;
-  *sysconfig*) echo "libpython3.11.so.1.0 {libdir} 3.11" ;;
+  *sysconfig*) echo "libpython3.11.so.1.0 {libdir} 3.11 {libdir}/include" ;;
 esac
 """
+SHARED_AND_HEADERS = ("libpython3.11.so.1.0", "include/Python.h")
 
 
-def fake_machine(tmp_path: pathlib.Path, with_objdump: bool) -> tuple[pathlib.Path, pathlib.Path]:
+def fake_machine(tmp_path: pathlib.Path, with_build_tools: bool) -> tuple[pathlib.Path, pathlib.Path]:
     checkout, bin_dir = tmp_path / "checkout", tmp_path / "bin"
     (checkout / "packaging").mkdir(parents=True)
     shutil.copy(SCRIPT, checkout / "packaging" / "dev-setup.sh")
     bin_dir.mkdir()
-    for tool in BASICS + (["objdump"] if with_objdump else []):
+    for tool in BASICS + (["objdump", "cc"] if with_build_tools else []):
         os.symlink(shutil.which(tool), bin_dir / tool)
     for name, text in {"dpkg": FAKE_DPKG, "ldconfig": "#!/bin/sh\nexit 0\n",
                        "python3": FAKE_DEBIAN_PYTHON.format(libdir=tmp_path / "no-lib")}.items():
@@ -55,21 +58,28 @@ def missing(checkout: pathlib.Path, bin_dir: pathlib.Path, **env: str) -> list[s
     return proc.stdout.split()
 
 
-def test_fresh_debian_gets_venv_shared_libpython_and_binutils(tmp_path):
-    checkout, bin_dir = fake_machine(tmp_path, with_objdump=False)
+def provide(lib: pathlib.Path, *files: str) -> None:
+    for name in files:
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_bytes(b"")
+
+
+def test_fresh_debian_gets_venv_shared_libpython_headers_and_build_tools(tmp_path):
+    checkout, bin_dir = fake_machine(tmp_path, with_build_tools=False)
     owned = str(bin_dir / "python3")
-    assert missing(checkout, bin_dir, INSTALLED="", DEBIAN_OWNED=owned) == \
-        TOOLS + ["binutils", "python3-venv", "libpython3.11"]
-    # with the test tools present only PyInstaller's and venv's needs remain
+    build = ["binutils", "gcc", "python3-venv", "libpython3.11", "libpython3.11-dev"]
+    assert missing(checkout, bin_dir, INSTALLED="", DEBIAN_OWNED=owned) == TOOLS + build
+    # with the test tools present only PyInstaller's, the launcher's and venv's needs remain
+    assert missing(checkout, bin_dir, INSTALLED=" ".join(TOOLS), DEBIAN_OWNED=owned) == build
+    provide(tmp_path / "no-lib", "libpython3.11.so.1.0")
     assert missing(checkout, bin_dir, INSTALLED=" ".join(TOOLS), DEBIAN_OWNED=owned) == \
-        ["binutils", "python3-venv", "libpython3.11"]
+        ["binutils", "gcc", "python3-venv", "libpython3.11-dev"]
 
 
 def test_nothing_is_asked_for_what_is_there(tmp_path):
-    checkout, bin_dir = fake_machine(tmp_path, with_objdump=True)
+    checkout, bin_dir = fake_machine(tmp_path, with_build_tools=True)
     lib = tmp_path / "no-lib"
-    lib.mkdir()
-    (lib / "libpython3.11.so.1.0").write_bytes(b"")
+    provide(lib, *SHARED_AND_HEADERS)
     (bin_dir / "python3").write_text(FAKE_DEBIAN_PYTHON.replace('"import ensurepip") exit 1',
                                                                 '"import ensurepip") exit 0')
                                      .format(libdir=lib))
@@ -78,7 +88,8 @@ def test_nothing_is_asked_for_what_is_there(tmp_path):
 
 def test_a_python_apt_cannot_fix_is_reported_not_installed_for(tmp_path):
     """A pyenv build without --enable-shared: no Debian package helps, so a warning, no package."""
-    checkout, bin_dir = fake_machine(tmp_path, with_objdump=True)
+    checkout, bin_dir = fake_machine(tmp_path, with_build_tools=True)
+    provide(tmp_path / "no-lib", "include/Python.h")
     proc = subprocess.run([str(bin_dir / "bash"), str(checkout / "packaging" / "dev-setup.sh"), "--missing"],
                           env={"PATH": str(bin_dir), "INSTALLED": " ".join(TOOLS), "DEBIAN_OWNED": ""},
                           capture_output=True, text=True, timeout=30)

@@ -85,5 +85,5 @@ def test_dockerfile_builds_with_what_dev_setup_installs_for_debian_python():
     """PyInstaller on Debian's python3 needs the same packages dev-setup.sh adds on a fresh machine."""
     build_runs = " ".join(arg for op, arg in instructions() if op == "RUN")
     dev_setup = (REPO / "packaging" / "dev-setup.sh").read_text()
-    for pkg in ("python3-venv", "libpython3.11", "binutils"):
+    for pkg in ("python3-venv", "libpython3.11", "libpython3.11-dev", "binutils", "gcc"):
         assert pkg in build_runs and pkg in dev_setup, pkg
