@@ -1,15 +1,20 @@
-"""Compact leases (daemon/peers.py) and the malloc controls (daemon/memory.py)."""
+"""Compact leases (daemon/peers.py), the status report (daemon/status.py) and the malloc
+controls (daemon/memory.py)."""
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
+
+import pytest
 
 from conf.flannel import load_lease, load_network_config
 from daemon.leases import parse_lease, parse_leases
 from daemon.memory import limit_arenas, release_free_memory
 from daemon.peers import PeerLease, VxlanInfo, compact
 from daemon.planner import Topology, lease_key, plan
-from daemon.registry import KeyValue
-from daemon.status import build_report
+from daemon.registry import KeyValue, RegistryUnavailableError
+from daemon.status import PREFETCH_WORKERS, ExpiryCache, build_report
 from daemon.watch import KnownLease
 
 VALUE = ('{"PublicIP":"192.168.1.%d","PublicIPv6":"fd00::%d","BackendType":"vxlan",'
@@ -68,6 +73,9 @@ def test_status_report_from_compact_leases():
              KnownLease(compact(own), 8)]
 
     class Expiry:
+        def prefetch(self, lease_ids):
+            self.prefetched = sorted(lease_ids)
+
         def expiry(self, lease_id):
             return 1000.0 + lease_id
 
@@ -79,6 +87,44 @@ def test_status_report_from_compact_leases():
     assert [(e["subnet"], e["expires"], e["vtepMAC"]) for e in report["leases"]] == [
         ("10.244.1.0/24", 5000.0, "aa:bb:cc:dd:ee:01"), ("10.244.2.0/24", 1009.0, "aa:bb:cc:dd:ee:02")]
     assert report["leases"][1]["publicIP"] == "192.168.1.2" and expiry.live == {8, 9}
+    assert expiry.prefetched == [9]  # ours comes from the lease manager, not from etcd
+
+
+class SlowRegistry:
+    """time_to_live that takes a while and counts how many run at once."""
+
+    def __init__(self, fail_on=None):
+        self.asked, self.running, self.most = [], 0, 0
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def time_to_live(self, lease_id):
+        with self.lock:
+            self.asked.append(lease_id)
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        if lease_id == self.fail_on:
+            raise RegistryUnavailableError("etcd is gone")
+        return 100
+
+
+def test_expiry_prefetch_asks_each_unknown_lease_once_several_at_a_time():
+    registry = SlowRegistry()
+    cache = ExpiryCache(registry, clock=lambda: 1000.0)
+    cache.expiry(1)
+    cache.prefetch([0, 1, *range(2, 42), 5])
+    assert sorted(registry.asked) == list(range(1, 42)) and 1 < registry.most <= PREFETCH_WORKERS
+    assert cache.expiry(30) == 1100.0 and len(registry.asked) == 41  # cached
+
+
+def test_expiry_prefetch_stops_at_the_first_etcd_error():
+    registry = SlowRegistry(fail_on=3)
+    with pytest.raises(RegistryUnavailableError):
+        ExpiryCache(registry).prefetch(range(1, 200))
+    assert len(registry.asked) < 199  # the rest were cancelled
 
 
 def test_status_report_lists_our_own_lease_before_the_watch_echoes_it():
