@@ -6,6 +6,7 @@ this model only holds the values and checks them, naming the flag on error.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Optional
 from urllib.parse import urlsplit
 
@@ -51,6 +52,29 @@ def parse_endpoint(text: str) -> EtcdEndpoint:
     return EtcdEndpoint(scheme=parts.scheme, host=parts.hostname, port=port)
 
 
+def split_patterns(text: str) -> list[str]:
+    """A comma list of regexes, split only at commas outside [...], (...) and {...}:
+    `10\\.0\\.[0-9]{1,3}` stays one pattern. A literal top-level comma needs `\\,`."""
+    parts, start, depth, in_class, i = [], 0, 0, False, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 1  # the escaped character is never a separator
+        elif in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c in "({":
+            depth += 1
+        elif c in ")}":
+            depth = max(0, depth - 1)
+        elif c == "," and not depth:
+            parts.append(text[start:i])
+            start = i + 1
+        i += 1
+    return parts + [text[start:]]
+
+
 class DaemonSettings(BaseModel):
     """Every flag of flanneletted; field name = flag name with `_` for `-`."""
 
@@ -66,6 +90,8 @@ class DaemonSettings(BaseModel):
     etcd_password: str = ""
     etcd_dial_timeout: float = Field(default=10.0, gt=0, le=600)
     iface: list[str] = Field(default_factory=list)
+    iface_regex: list[str] = Field(default_factory=list)  # tried when no --iface exists
+    iface_can_reach: Optional[ipaddress.IPv4Address | ipaddress.IPv6Address] = None
     public_ip: Optional[ipaddress.IPv4Address] = None
     public_ipv6: Optional[ipaddress.IPv6Address] = None
     subnet_file: str = DEFAULT_SUBNET_FILE
@@ -95,6 +121,29 @@ class DaemonSettings(BaseModel):
         if isinstance(value, str):
             value = [value]
         return [p.strip() for item in value for p in item.split(",") if p.strip()]
+
+    @field_validator("iface_regex", mode="before")
+    @classmethod
+    def _split_regexes(cls, value):
+        if isinstance(value, str):
+            value = [value]
+        out = [p.strip() for item in value for p in split_patterns(item) if p.strip()]
+        for pattern in out:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {e}") from None
+        return out
+
+    @field_validator("iface_can_reach", mode="before")
+    @classmethod
+    def _reach_target(cls, value):
+        if isinstance(value, str):
+            try:
+                return ipaddress.ip_address(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        return value
 
     @field_validator("etcd_prefix")
     @classmethod

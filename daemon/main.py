@@ -135,20 +135,29 @@ class Daemon:
             self._sleep(CONFIG_RETRY)
 
     def select_node(self):
+        import socket
+
         from daemon.dataplane import DataplaneError, discover_node
         s = self.settings
-        specs = s.iface or [None]
         public_ip = str(s.public_ip) if s.public_ip else None
         public_ipv6 = str(s.public_ipv6) if s.public_ipv6 else None
+        families = tuple(f for f, on in ((socket.AF_INET, self.config.enable_ipv4),
+                                         (socket.AF_INET6, self.config.enable_ipv6)) if on)
+        # flanneld: each --iface, then each --iface-regex, then --iface-can-reach, the first
+        # that finds an interface wins; none given: --public-ip's holder or the default route
+        selectors = ([{"iface": spec} for spec in s.iface]
+                     + [{"iface_regex": regex} for regex in s.iface_regex]
+                     + ([{"can_reach": str(s.iface_can_reach)}] if s.iface_can_reach else []))
         errors = []
-        for spec in specs:  # flanneld: the first --iface that exists wins
+        for selector in selectors or [{}]:
             try:
-                node = discover_node(spec, public_ip, public_ipv6)
+                node = discover_node(public_ip=public_ip, public_ipv6=public_ipv6,
+                                     families=families, **selector)
                 break
             except DataplaneError as e:
                 errors.append(str(e))
         else:
-            raise FatalError("; ".join(errors))
+            raise FatalError(("no interface found: " if len(errors) > 1 else "") + "; ".join(errors))
         if self.config.enable_ipv6 and not node.public_ipv6:
             raise FatalError(f"EnableIPv6 is set but {node.iface} has no global IPv6 address; "
                              "pass --public-ipv6")

@@ -10,6 +10,7 @@ the generic framing, parsers and socket are cni_plugin/rtnl.py's (shared with th
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
 import struct
@@ -35,7 +36,7 @@ GRP_IPV6_IFADDR, GRP_IPV6_ROUTE = 0x100, 0x400
 
 RT_TABLE_MAIN, RTPROT_KERNEL, RTPROT_BOOT = 254, 2, 3
 RTN_UNICAST, RTNH_F_ONLINK = 1, 4
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_TABLE = 1, 4, 5, 7, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x02
@@ -158,6 +159,15 @@ def parse_route(buf: bytes, off: int, end: int) -> RouteInfo:
         dst = "0.0.0.0" if family == socket.AF_INET else "::"
     return RouteInfo(family, f"{dst}/{dst_len}", gateway, oif, bool(rflags & RTNH_F_ONLINK),
                      proto, table)
+
+
+def route_source(buf: bytes, off: int, end: int) -> str:
+    """RTA_PREFSRC of a route message: the source address the kernel picks ("" if none)."""
+    family = buf[off]
+    for atype, voff, vlen in iter_attrs(buf, off + _RTMSG.size, end):
+        if atype == RTA_PREFSRC:
+            return socket.inet_ntop(family, bytes(buf[voff:voff + vlen]))
+    return ""
 
 
 def parse_neigh(buf: bytes, off: int, end: int) -> NeighInfo:
@@ -290,3 +300,16 @@ class RtnlSocket(rtnl.RtnlSocket):
         """`ip route get` for many addresses at once; None where there is no route."""
         failures, replies = self.send_batch([route_get(ip) for ip in ips], expect_reply=True)
         return {ip: replies.get(i) for i, ip in enumerate(ips)}
+
+    def route_to(self, ip: str) -> tuple[RouteInfo, str]:
+        """`ip route get <ip>`: the route the kernel would use and its source address.
+
+        Raises NetlinkError (e.g. ENETUNREACH, EHOSTUNREACH) when there is none.
+        """
+        reply = self.call([route_get(ip)])[0]
+        if reply.code:
+            raise reply.error()
+        if not reply.objects:
+            raise NetlinkError(errno.ENETUNREACH)
+        buf, off, end = reply.objects[0]
+        return parse_route(buf, off, end), route_source(buf, off, end)

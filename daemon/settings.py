@@ -31,6 +31,9 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("etcd-password", "str", "etcd password"),
     ("etcd-dial-timeout", "str", "seconds to reach etcd at startup before giving up (10)"),
     ("iface", "list", "interface (name or IP) for inter-node traffic; repeat or comma list"),
+    ("iface-regex", "list", "regex on interface addresses, then names, when no --iface exists;"
+                            " repeat or comma list"),
+    ("iface-can-reach", "str", "use the interface (and source address) of the route to this IP"),
     ("public-ip", "str", "IPv4 address other nodes use to reach this one"),
     ("public-ipv6", "str", "IPv6 address other nodes use to reach this one"),
     ("subnet-file", "str", "where to write subnet.env (default /run/flannel/subnet.env)"),
