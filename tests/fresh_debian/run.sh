@@ -11,9 +11,8 @@
 # system (pivot_root, not a bare chroot: `ip netns exec` needs / to be a mount point, and
 # /proc/PID/exe must show the new system's paths). Its /run is a fresh tmpfs, so its netns live
 # there, not in the host's /run/netns; the host's links, routes and iptables are never touched.
-# Everything it mounts is
-# unmounted on exit. The root directory is kept, and a later run skips debootstrap but not what
-# earlier runs installed: for a truly fresh check, remove the directory first.
+# Everything it mounts is unmounted on exit. The root directory is kept, and a later run skips
+# debootstrap but not what earlier runs installed: for a truly fresh check, remove it first.
 set -euo pipefail
 R=${FRESH_ROOT:-/work/fresh-debian}
 MIRROR=${FRESH_MIRROR:-http://deb.debian.org/debian}
