@@ -9,7 +9,10 @@
 # The interpreter is $PYTHON, else python3 on PATH (a pyenv build or Debian's /usr/bin/python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOOLS="etcd-server etcd-client containernetworking-plugins iproute2 iptables tcpdump iputils-ping strace"
+# procps (sysctl) and curl run inside the test namespaces, openssl makes the etcd TLS test PKI,
+# ca-certificates lets the venv's pip reach PyPI: minimal Debian 12 images have none of them.
+TOOLS="etcd-server etcd-client containernetworking-plugins iproute2 iptables tcpdump iputils-ping strace
+       procps curl openssl ca-certificates"
 py=${PYTHON:-$(command -v python3 || true)}
 
 # The Debian packages this machine lacks, one per line.
