@@ -96,6 +96,7 @@ class DaemonSettings(BaseModel):
     public_ipv6: Optional[ipaddress.IPv6Address] = None
     subnet_file: str = DEFAULT_SUBNET_FILE
     ip_masq: bool = False
+    iptables_mode: str = "auto"  # auto (what the node uses) | legacy | nft
     healthz_ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address("0.0.0.0")
     healthz_port: int = Field(default=0, ge=0, le=65535)  # 0 disables, as in flanneld
     subnet_lease_renew_margin: int = Field(default=60, ge=1, le=1439)  # minutes
@@ -144,6 +145,14 @@ class DaemonSettings(BaseModel):
             except ValueError:
                 raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
         return value
+
+    @field_validator("iptables_mode", mode="before")
+    @classmethod
+    def _iptables_mode(cls, value):
+        mode = value.strip().lower() if isinstance(value, str) else value
+        if mode not in ("auto", "legacy", "nft"):
+            raise ValueError(f"{value!r} is not one of auto, legacy, nft")
+        return mode
 
     @field_validator("etcd_prefix")
     @classmethod

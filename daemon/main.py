@@ -185,7 +185,7 @@ class Daemon:
         if not self.settings.ip_masq:
             return None
         from daemon.masquerade import Masquerade
-        masq = Masquerade(self.config, own)
+        masq = Masquerade(self.config, own, iptables_mode=self.settings.iptables_mode)
         masq.ensure()
         log.info("masquerade rules installed")
         return masq

@@ -38,6 +38,8 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("public-ipv6", "str", "IPv6 address other nodes use to reach this one"),
     ("subnet-file", "str", "where to write subnet.env (default /run/flannel/subnet.env)"),
     ("ip-masq", "bool", "install masquerade rules for traffic leaving the overlay"),
+    ("iptables-mode", "str", "iptables backend for those rules: auto (what the node uses),"
+                             " legacy or nft (default auto)"),
     ("healthz-ip", "str", "address for /healthz, /readyz and /metrics (default 0.0.0.0)"),
     ("healthz-port", "str", "port for /healthz, /readyz and /metrics (0 = off)"),
     ("subnet-lease-renew-margin", "str", "minutes before expiry to renew the lease (1..1439, 60)"),
