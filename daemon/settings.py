@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 from pydantic import ValidationError
 
+from conf import VERSION
 from conf.daemon import DaemonSettings
 
 ENV_PREFIX = "FLANNELD_"
@@ -75,6 +76,7 @@ def _build_parser() -> _Parser:
         else:
             p.add_argument(f"--{flag}", default=None, help=help_text)
     p.add_argument("-v", default=None, help="log verbosity (0 = info, >= 1 = debug)")
+    p.add_argument("--version", action="version", version=f"flanneletted v{VERSION}")
     return p
 
 

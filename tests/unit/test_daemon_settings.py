@@ -71,3 +71,19 @@ def test_the_executable_prints_one_line_and_no_traceback_for_a_bad_flag():
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "--healthz-port" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_version_flag_prints_the_one_version_the_project_ships(capsys):
+    import pathlib
+    import tomllib
+
+    from conf import VERSION
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(["--version"], {})
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"flanneletted v{VERSION}\n"
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    assert tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"] == VERSION
+    manifest = (repo / "conf" / "shipped" / "kube-flannelette.yml").read_text()
+    images = {line.split("image:")[1].strip() for line in manifest.splitlines() if "image:" in line}
+    assert images == {f"ghcr.io/flannelette/flannelette:v{VERSION}"}
