@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from cni_plugin import rtnl
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
 from daemon import kernel
 from daemon import netlink as nl
@@ -297,9 +296,7 @@ def _regex_choice(sock: nl.RtnlSocket, regex: str, addrs,
                   families: tuple[int, ...]) -> tuple[int, dict[int, str]]:
     from daemon import links
 
-    found = [links.parse_link(*o)
-             for o in sock.dump_objects(rtnl.RTM_GETLINK, rtnl.IFINFO.pack(0, 0, 0, 0, 0))]
-    ifaces = sorted((link.index, link.name) for link in found)
+    ifaces = sorted((link.index, link.name) for link in links.all_links(sock))
     match = match_iface_regex(re.compile(regex), ifaces, addrs, families)
     if match is None:
         seen = "; ".join(f"{name} [{' '.join(a for i, _f, a, _p in addrs if i == index)}]"

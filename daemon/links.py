@@ -133,6 +133,10 @@ def get_link(sock: rtnl.RtnlSocket, name: str = "", index: int = 0) -> Optional[
     return parse_link(*objects[0]) if objects else None
 
 
+def all_links(sock: rtnl.RtnlSocket) -> list[Link]:
+    return [parse_link(*o) for o in sock.dump_objects(rtnl.RTM_GETLINK, IFINFO.pack(0, 0, 0, 0, 0))]
+
+
 def addresses(sock: rtnl.RtnlSocket, family: int = 0, index: int = 0) -> list[Address]:
     found = [parse_address(*o) for o in sock.dump_objects(rtnl.RTM_GETADDR,
                                                            IFADDR.pack(family, 0, 0, 0, 0))]
