@@ -52,6 +52,9 @@ def parse_endpoint(text: str) -> EtcdEndpoint:
     return EtcdEndpoint(scheme=parts.scheme, host=parts.hostname, port=port)
 
 
+IPTABLES_MODES = ("auto", "legacy", "nft")  # --iptables-mode (daemon/masquerade.py)
+
+
 def split_patterns(text: str) -> list[str]:
     """A comma list of regexes, split only at commas outside [...], (...) and {...}:
     `10\\.0\\.[0-9]{1,3}` stays one pattern. A literal top-level comma needs `\\,`."""
@@ -150,8 +153,8 @@ class DaemonSettings(BaseModel):
     @classmethod
     def _iptables_mode(cls, value):
         mode = value.strip().lower() if isinstance(value, str) else value
-        if mode not in ("auto", "legacy", "nft"):
-            raise ValueError(f"{value!r} is not one of auto, legacy, nft")
+        if mode not in IPTABLES_MODES:
+            raise ValueError(f"{value!r} is not one of {', '.join(IPTABLES_MODES)}")
         return mode
 
     @field_validator("etcd_prefix")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -135,8 +136,6 @@ class Daemon:
             self._sleep(CONFIG_RETRY)
 
     def select_node(self):
-        import socket
-
         from daemon.dataplane import DataplaneError, discover_node
         s = self.settings
         public_ip = str(s.public_ip) if s.public_ip else None

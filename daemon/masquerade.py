@@ -16,8 +16,9 @@ a chain there empties it, so the rules always end up complete and in order.
 `check()` compares `iptables-save` with the expected lines, for the periodic re-check.
 
 iptables 1.8 comes as two clients writing to different kernel tables: legacy
-(x_tables) and nft. A rule in the backend the node does not use is ignored (a
-legacy FORWARD policy DROP still drops pod traffic), so with `iptables_mode="auto"`
+(x_tables) and nft. The kernel runs both, and an ACCEPT in one cannot override a
+DROP in the other (a legacy FORWARD policy DROP still drops pod traffic our nft
+rules accept; tests/e2e/test_forward_policy.py), so with `iptables_mode="auto"`
 we use whichever the node already uses, as kubernetes-sigs/iptables-wrappers does:
 kubelet's hint chains first, then the backend holding more rules, else nft.
 """
@@ -31,13 +32,14 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from conf.daemon import IPTABLES_MODES
+
 log = logging.getLogger(__name__)
 
 MASQ_COMMENT = '-m comment --comment "flanneld masq"'
 FWD_COMMENT = '-m comment --comment "flanneld forward"'
 KUBE_PROXY_MARK = "0x4000/0x4000"
 
-IPTABLES_MODES = ("auto", "legacy", "nft")
 BACKENDS = ("legacy", "nft")
 # kubelet >= 1.17 declares one of these in the mangle table of the backend it uses
 KUBELET_HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
