@@ -4,9 +4,14 @@ One JSON file per (container id, ifname) in `<dataDir>/<network name>/`. It hold
 network config as ADD rendered it (IPAM config with the subnet.env values of that
 moment) and the result, so DEL and GC act on what was really set up even when
 subnet.env changed or vanished since.
+
+Files of an earlier boot describe veths that died with it: the first save of a new
+boot forgets them (ipam/boot.py; the marker `attachments.boot_id`, under `lock`). Only
+the files go: a veth of that name, if any, belongs to this boot.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -14,8 +19,13 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
+from conf.flannel import ensure_dir
+from ipam import boot
+
 
 log = logging.getLogger("flannelette")
+BOOT_MARKER = "attachments.boot_id"
+LOCK_FILE = "lock"
 
 
 class AttachmentState(BaseModel):
@@ -48,16 +58,37 @@ def _staging_path(path: str) -> str:
 def save_state(data_dir: str, network: str, state: AttachmentState) -> str:
     path = state_path(data_dir, network, state.container_id, state.ifname)
     staging = _staging_path(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # No fsync: after a crash a lost or empty file only makes DEL fall back to the
-    # derived veth name and the request's IPAM config, which is what it holds anyway.
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    directory = os.path.dirname(path)
+    ensure_dir(directory)
+    lock = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, state.model_dump_json().encode())
+        fcntl.flock(lock, fcntl.LOCK_EX)  # against a concurrent forget_earlier_boot only
+        forget_earlier_boot(data_dir, network)
+        # No fsync: after a crash a lost or empty file only makes DEL fall back to the
+        # derived veth name and the request's IPAM config, which is what it holds anyway.
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, state.model_dump_json().encode())
+        finally:
+            os.close(fd)
+        os.rename(staging, path)  # readers see the old file or the whole new one
     finally:
-        os.close(fd)
-    os.rename(staging, path)  # readers see the old file or the whole new one
+        os.close(lock)
     return path
+
+
+def forget_earlier_boot(data_dir: str, network: str) -> None:
+    """Remove the state files of an earlier boot, one log line each; the lock is held."""
+    directory = network_dir(data_dir, network)
+    boots = boot.earlier_boot(directory, BOOT_MARKER)
+    if boots is None:
+        return
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json") or name.endswith(".json.tmp"):
+            os.unlink(os.path.join(directory, name))
+            log.info("forgot attachment %s of network %s: set up before this boot (boot_id %s, now %s)",
+                     name.lstrip(".").removesuffix(".tmp").removesuffix(".json"), network, *boots)
+    boot.record_boot(directory, BOOT_MARKER, boots[1])
 
 
 def _read(path: str) -> Optional[AttachmentState]:

@@ -326,7 +326,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -
     """Readers see the old or the new file, never a part; `sync=False` skips the fsync
     for files whose loss in a crash is harmless (they cost ms on a slow disk)."""
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
+    ensure_dir(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
     try:
         os.write(fd, data)
@@ -340,3 +340,20 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -
     except OSError:
         os.unlink(tmp)
         raise
+
+
+def ensure_dir(path: str, mode: int = 0o755) -> None:
+    """makedirs whose new directories get exactly `mode` whatever the umask: makedirs
+    gives parents 0777 minus the umask, world-writable under a umask of 000."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent and parent != path:
+        ensure_dir(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return  # made by someone else meanwhile: theirs to set
+    os.chmod(path, mode)

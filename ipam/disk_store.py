@@ -4,6 +4,8 @@ Layout of `<dataDir>/<network name>/`:
   <ip>                    one file per held address: "<containerID>\\r\\n<ifname>"
   last_reserved_ip.<N>    the round-robin hint of range set N
   lock                    flock()ed for the whole of every operation
+  boot_id                 the boot the reservations were made in (ours; host-local skips
+                          it: not an address); see `_reclaim_earlier_boot`
 
 Crash safety: a reservation is written under a temporary name, then link()ed to
 `<ip>`; link fails when the name exists, so the claim is exclusive, and the name
@@ -24,6 +26,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import ipaddress
+import logging
 import os
 import tempfile
 from contextlib import contextmanager
@@ -31,11 +34,16 @@ from typing import Iterator, Optional
 
 from conf.cni import CONTAINER_ID_RE
 from conf.errors import IOFailureError
+from conf.flannel import ensure_dir
+from ipam import boot
 from ipam.store import IPAddr, Reservation, ip_sort_key
+
+log = logging.getLogger("flannelette.ipam")
 
 LOCK_FILE = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 LINE_BREAK = "\r\n"
+BOOT_MARKER = "boot_id"
 
 
 class DiskStore:
@@ -54,12 +62,13 @@ class DiskStore:
         """The flock for one operation; new reservations are synced after it is dropped,
         so concurrent ADDs wait for the choice of an address, not for each other's flush."""
         try:
-            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+            ensure_dir(self.dir)  # 0755 and its parents too, whatever the umask
             fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise IOFailureError(f"cannot open the IPAM store {self.dir}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            self._reclaim_earlier_boot()
             yield
         except OSError as e:  # a full or read-only disk: the spec's I/O failure, not a crash
             raise IOFailureError(f"IPAM store {self.dir}: {e.strerror or e}") from None
@@ -74,6 +83,22 @@ class DiskStore:
         finally:
             for f in unsynced:
                 os.close(f)
+
+    def _reclaim_earlier_boot(self) -> None:
+        """Release every reservation of an earlier boot (no pod survives a reboot), one
+        log line each, before this boot's first operation; costs one small read after.
+        The round-robin hints stay: allocation goes on after the last address handed
+        out, so the least recently used addresses come back first, as before the reboot."""
+        boots = boot.earlier_boot(self.dir, BOOT_MARKER)
+        if boots is None:
+            return
+        for r in self.list_all():
+            self.release(r.ip)
+            log.info("released %s of container %s ifname %s: reserved before this boot "
+                     "(boot_id %s, now %s)", r.ip, r.container_id or "(unknown)",
+                     r.ifname or "(unknown)", boots[0], boots[1])
+        self.remove_stale_temp_files()
+        boot.record_boot(self.dir, BOOT_MARKER, boots[1])
 
     # ---------------------------------------------------------------- reservations
 

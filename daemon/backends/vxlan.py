@@ -26,7 +26,7 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
-from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs
+from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs, ensure_dir, write_atomic
 from daemon import kernel, links
 from daemon.dataplane import Backend, DataplaneError
 from daemon.planner import VXLAN, Topology
@@ -125,8 +125,7 @@ class VxlanBackend(Backend):
         raw[0] = (raw[0] & 0xFE) | 0x02  # unicast, locally administered
         mac = raw.hex(":")
         if path:
-            os.makedirs(self.state_dir, exist_ok=True)
-            from conf.flannel import write_atomic
+            ensure_dir(self.state_dir)
             write_atomic(path, (mac + "\n").encode(), 0o644)
         return mac
 

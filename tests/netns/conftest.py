@@ -122,8 +122,10 @@ class CniNode:
         return out
 
     def state_files(self) -> list[str]:
+        """The plugin's per-attachment files (and their temporaries), not its lock or boot marker."""
         directory = os.path.join(self.data_dir, NETWORK)
-        return sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        names = os.listdir(directory) if os.path.isdir(directory) else []
+        return sorted(n for n in names if n not in ("lock", "attachments.boot_id"))
 
     def snapshot(self) -> tuple:
         """Links of the node and files of the data dirs, for "nothing changed" asserts."""

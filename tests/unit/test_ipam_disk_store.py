@@ -39,7 +39,8 @@ def test_layout_is_host_locals(store, tmp_path):
     assert (d / "last_reserved_ip.0").read_text() == "10.1.0.2"
     assert (d / "last_reserved_ip.1").read_text() == "fc00::2"
     assert stat.S_IMODE(os.stat(d / "10.1.0.2").st_mode) == 0o600
-    assert sorted(os.listdir(d)) == ["10.1.0.2", "fc00::2", "last_reserved_ip.0", "last_reserved_ip.1", "lock"]
+    assert sorted(os.listdir(d)) == ["10.1.0.2", "boot_id", "fc00::2", "last_reserved_ip.0", "last_reserved_ip.1",
+                                     "lock"]
 
 
 def test_reserve_is_exclusive(store):

@@ -33,10 +33,10 @@ def test_a_write_killed_half_way_leaves_one_file_that_retry_and_del_clear(tmp_pa
     save_state(str(tmp_path), "net", _state("c1"))
     (tmp_path / "net" / ".c1:eth0.json.tmp").write_text('{"contai')  # killed mid-write
     save_state(str(tmp_path), "net", _state("c1"))  # the retried ADD
-    assert sorted(os.listdir(tmp_path / "net")) == ["c1:eth0.json"]
+    assert sorted(os.listdir(tmp_path / "net")) == ["attachments.boot_id", "c1:eth0.json", "lock"]
     (tmp_path / "net" / ".c1:eth0.json.tmp").write_text('{"contai')
     remove_state(str(tmp_path), "net", "c1", "eth0")  # DEL
-    assert os.listdir(tmp_path / "net") == []
+    assert sorted(os.listdir(tmp_path / "net")) == ["attachments.boot_id", "lock"]
 
 
 def test_list_states_skips_temp_and_damaged_files(tmp_path):
