@@ -7,9 +7,11 @@ exit status and stdout. Threads, not asyncio: the handlers block on netlink and 
 per-thread setns, and an accept thread plus a pool costs nothing measurable
 (python-cni-performance.md section 2).
 
-Safety: the socket's directory is 0700 and the socket 0600; the peer must also be uid 0
-(SO_PEERCRED; or the daemon's own uid, which can do no more than the daemon), otherwise it
-is told to run the request itself. A request whose client is
+Safety: the socket's directory is 0700 and ours, the socket 0600; the peer must also be
+uid 0 (SO_PEERCRED; or the daemon's own uid, which can do no more than the daemon), otherwise
+it is told to run the request itself. A directory we do not own, or a symlink or other file
+where the directory should be, is refused (never followed, changed or removed): the daemon
+runs on without the fast path and the plugin runs requests itself. A request whose client is
 killed mid-way still runs to its end (the handlers roll back on failure), and requests
 for the same container are serialised, so a retried ADD waits for the first one and then
 gets the same address.
@@ -33,6 +35,7 @@ from typing import Callable, Iterator, Optional
 from cni_plugin.shim import MAGIC, OP_CNI, OP_STATUS, REFUSED
 from conf import dispatch
 from conf.cni import MAX_STDIN
+from conf.flannel import ensure_dir
 
 log = logging.getLogger("flannelette.cni_server")
 
@@ -48,6 +51,34 @@ StatusProvider = Callable[[], dict]
 
 class ProtocolError(Exception):
     pass
+
+
+class UnsafeSocketDirError(Exception):
+    """The socket's directory is not one only we control."""
+
+
+def ensure_private_dir(directory: str) -> int:
+    """An fd of `directory`, made if missing, ours and 0700 whatever it was before."""
+    ensure_dir(os.path.dirname(directory) or ".")
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    try:  # O_NOFOLLOW: a symlink planted here is never followed
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        what = "a symlink" if os.path.islink(directory) else f"not a directory ({e.strerror})"
+        raise UnsafeSocketDirError(f"refusing to serve the CNI socket in {directory}: it is {what}; "
+                                   "remove it and restart") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UnsafeSocketDirError(f"refusing to serve the CNI socket in {directory}: it belongs to "
+                                   f"uid {st.st_uid}, not to us (uid {os.geteuid()}); remove it and restart")
+    if st.st_mode & 0o777 != 0o700:
+        log.warning("tightening %s from mode %o to 0700", directory, st.st_mode & 0o777)
+        os.fchmod(fd, 0o700)
+    return fd
 
 
 class _KeyedLocks:
@@ -159,30 +190,34 @@ class CniServer:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.socket_path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        # Bind under a temporary name and rename: the path appears only once it listens,
-        # and a stale socket from a crashed daemon is replaced in one step.
-        staging = f"{self.socket_path}.{os.getpid()}.tmp"
-        if os.path.lexists(staging):
-            os.unlink(staging)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        directory, name = os.path.split(os.path.abspath(self.socket_path))
+        dir_fd = ensure_private_dir(directory)
         try:
-            listener.bind(staging)
-            os.chmod(staging, 0o600)
-            listener.listen(128)
-            os.rename(staging, self.socket_path)
-        except BaseException:
-            listener.close()
-            if os.path.lexists(staging):
-                os.unlink(staging)
-            raise
-        self._inode = os.stat(self.socket_path).st_ino
-        self._listener = listener
+            self._inode = self._bind(dir_fd, name)
+        finally:
+            os.close(dir_fd)
         self._acceptor = threading.Thread(target=self._accept_loop, name="cni-accept", daemon=True)
         self._acceptor.start()
         log.info("CNI fast path listening on %s", self.socket_path)
+
+    def _bind(self, dir_fd: int, name: str) -> int:
+        """Bind under a temporary name and rename: the path appears only once it listens,
+        and a stale socket from a crashed daemon is replaced in one step. Every step goes
+        through the checked directory's fd, so a directory swapped meanwhile is not used."""
+        staging = f"{name}.{os.getpid()}.tmp"
+        _unlink_if_there(staging, dir_fd)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(f"/proc/self/fd/{dir_fd}/{staging}")
+            os.chmod(staging, 0o600, dir_fd=dir_fd)
+            listener.listen(128)
+            os.rename(staging, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            listener.close()
+            _unlink_if_there(staging, dir_fd)
+            raise
+        self._listener = listener
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino
 
     def stop(self) -> None:
         """Stop accepting, let running requests finish, remove the socket if still ours."""
@@ -278,6 +313,13 @@ class CniServer:
             conn.sendall(data, socket.MSG_NOSIGNAL)
         except OSError as e:  # the client was killed; what it asked for is done all the same
             log.info("client gone before the reply: %s", e)
+
+
+def _unlink_if_there(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 
 def _error_json(code: int, msg: str) -> bytes:

@@ -226,9 +226,15 @@ class Daemon:
         if not path:
             return
         from cni_plugin.handlers import HANDLERS
-        from daemon.cni_server import CniServer
+        from daemon.cni_server import CniServer, UnsafeSocketDirError
         self.cni_server = CniServer(path, HANDLERS, status_provider=self.status_report)
-        self.cni_server.start()
+        try:
+            self.cni_server.start()
+        except UnsafeSocketDirError as e:  # pods still start: the plugin runs requests itself
+            log.error("serving no CNI fast path error=%s", e)
+            self.metrics.inc("errors_total", where="cni_socket")
+            self.cni_server = None
+            return
         log.info("serving the CNI fast path socket=%s", path)
 
     def status_report(self) -> dict:

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from tests.support.certs import make_pki
-from tests.support.etcd import EtcdServer
+from tests.support.etcd import ETCDCTL, EtcdServer
 from tests.support.flanneletted import ALLOC_CONFIG, ETCD_IP, PREFIX, underlay, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -33,6 +33,13 @@ def failure_line(node, *flags: str) -> str:
     return text.strip().splitlines()[-1]
 
 
+def as_user(etcd: EtcdServer, *args: str):
+    """etcdctl as the daemon's prefix-limited user."""
+    return etcd.ns.run(ETCDCTL, "--endpoints", etcd.endpoint, "--dial-timeout", "2s",
+                       "--user", f"{USER}:{PASSWORD}", *args, check=False,
+                       env=dict(os.environ, ETCDCTL_API="3"))
+
+
 def test_tls_with_client_certificates(underlay):
     pki = make_pki(os.path.join(underlay.dir, "pki"), ETCD_IP)
     etcd = underlay.start_etcd(EtcdServer.with_tls(underlay.ns, ETCD_IP, pki))
@@ -47,6 +54,12 @@ def test_tls_with_client_certificates(underlay):
                         "--etcd-keyfile", pki.rogue_key, "--etcd-dial-timeout", "2")
     assert line.startswith(f"flanneletted: cannot reach etcd at https://{ETCD_IP}:2379: "
                            "TLS handshake failed, check --etcd-cafile")
+    # A CA that did not sign etcd's certificate: the daemon must not trust the server.
+    wrong_ca = os.path.join(os.path.dirname(pki.ca), "flt-rogue-ca.crt")
+    line = failure_line(rogue, "--etcd-cafile", wrong_ca, "--etcd-certfile", pki.client_cert,
+                        "--etcd-keyfile", pki.client_key, "--etcd-dial-timeout", "2")
+    assert line.startswith(f"flanneletted: cannot reach etcd at https://{ETCD_IP}:2379: "
+                           "TLS handshake failed, check --etcd-cafile"), line
     line = failure_line(rogue, "--etcd-cafile", pki.ca, "--etcd-dial-timeout", "2")
     assert line.startswith("flanneletted: cannot reach etcd") and "TLS handshake failed" in line
     line = failure_line(rogue, "--etcd-cafile", "/nonexistent/ca.pem")
@@ -61,6 +74,15 @@ def test_auth_user_limited_to_the_prefix(underlay):
     a = underlay.node().start(*creds)
     a.wait_ready()
     assert len(etcd.get_prefix(PREFIX + "/subnets/")) == 1
+
+    # The daemon's user, while the daemon works: its prefix only.
+    assert as_user(etcd, "put", PREFIX + "/probe", "x").returncode == 0  # the credentials are right
+    for args in (("put", "/elsewhere/key", "x"), ("get", "/elsewhere/key"), ("get", "--prefix", "/"),
+                 ("put", PREFIX + "-sibling/key", "x"), ("del", "--prefix", "/coreos.com/")):
+        out = as_user(etcd, *args)
+        assert out.returncode != 0 and b"permission denied" in out.stderr, (args, out)
+    assert etcd.get_prefix("/elsewhere/") == {}
+    assert a.http("/readyz")[0] == 200
 
     # etcd forgets its auth tokens when it restarts: the daemon must log in again.
     etcd.stop()
