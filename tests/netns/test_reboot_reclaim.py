@@ -7,13 +7,10 @@ new boot is a new id in it, with the old pods' veths and netns removed as a rebo
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
 
 from ipam.boot import BOOT_ID_ENV
-from tests.netns.conftest import MODES, CniNode, _prepare_mode
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,26 +21,19 @@ SMALL_RANGE = {"ranges": [[{"subnet": "10.244.1.0/24", "rangeStart": "10.244.1.2
                             "rangeEnd": f"10.244.1.{RANGE_SIZE + 1}"}]]}
 
 
-@pytest.fixture(params=MODES)
-def node(request, monkeypatch):
-    root = tempfile.mkdtemp(prefix="flt-reboot-")
-    boot_file = os.path.join(root, "boot_id")
-    with open(boot_file, "w") as f:
-        f.write(BOOT_BEFORE + "\n")
-    monkeypatch.setenv(BOOT_ID_ENV, boot_file)  # the fast-path server inherits it
-    n = CniNode(request.param, root)
-    n.boot_file = boot_file
-    server = None
-    try:
-        server = _prepare_mode(n)
-        n.server = server
-        n.write_subnet_env()
-        yield n
-    finally:
-        if server is not None:
-            server.stop()
-        n.close()
-        shutil.rmtree(root, ignore_errors=True)
+@pytest.fixture(autouse=True)
+def boot_file(tmp_path, monkeypatch):
+    """Set before the `cni` fixture starts its fast-path server, which inherits it."""
+    path = tmp_path / "boot_id"
+    path.write_text(BOOT_BEFORE + "\n")
+    monkeypatch.setenv(BOOT_ID_ENV, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def node(cni, boot_file):
+    cni.boot_file = boot_file
+    return cni
 
 
 def run(node, command, cid, pod=None, **extra):
@@ -64,8 +54,9 @@ def reboot(node) -> None:
 
 def plugin_log(node, outcomes) -> str:
     """Where the reclaim's lines went: the daemon's log on the fast path, else stderr."""
-    if node.mode == "fastpath":
-        return node.server.log()
+    if node.mode == "fastpath":  # the `cni` fixture's server logs next to its socket
+        with open(os.path.join(node.root, "run", "flannelette", "cni.sock.log"), errors="replace") as f:
+            return f.read()
     return "".join(o.stderr for o in outcomes)
 
 
