@@ -11,22 +11,12 @@ import stat
 
 import pytest
 
+from tests.support.cni import world_writable
 from tests.support.flanneletted import VXLAN_CONFIG, underlay, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
 ETCD_CONFIG = VXLAN_CONFIG
-
-
-def world_writable(root: str) -> list[str]:
-    bad = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-                bad.append(f"{os.path.relpath(path, root)} {stat.filemode(mode)}")
-    return bad
 
 
 def test_umask_000_and_a_planted_socket_symlink(underlay):

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import stat
 
 import pytest
 
+from tests.support.cni import world_writable
 from tests.support.install import build_artifact
 
 pytestmark = pytest.mark.timeout(180)
@@ -21,16 +21,6 @@ def umask_000():
         yield
     finally:
         os.umask(old)
-
-
-def world_writable(root: str) -> list[str]:
-    bad = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [".", *dirnames, *filenames]:
-            mode = os.lstat(os.path.join(dirpath, name)).st_mode
-            if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-                bad.append(f"{os.path.relpath(os.path.join(dirpath, name), root)} {stat.filemode(mode)}")
-    return bad
 
 
 def test_add_del_gc_create_nothing_world_writable(cni):

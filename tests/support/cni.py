@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from typing import NamedTuple, Optional, Sequence
@@ -94,6 +95,18 @@ def tree_snapshot(root: str) -> dict[str, bytes]:
             with open(os.path.join(dirpath, name), "rb") as f:
                 snap[os.path.join(rel, name)] = f.read()
     return snap
+
+
+def world_writable(root: str) -> list[str]:
+    """Every file or directory under `root` (itself included) that anyone may write, with its mode."""
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
+                bad.append(f"{os.path.normpath(os.path.relpath(path, root))} {stat.filemode(mode)}")
+    return bad
 
 
 class TempCniPath:

@@ -26,6 +26,7 @@ from conf.plugin import IpamRange
 from daemon.cni_server import CniServer, UnsafeSocketDirError
 from ipam.allocator import Allocator, make_range_sets
 from ipam.disk_store import DiskStore
+from tests.support.cni import world_writable
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SOURCES = ("conf", "ipam", "cni_plugin", "daemon", "packaging")
@@ -163,15 +164,6 @@ def umask_000():
         os.umask(old)
 
 
-def _world_writable(root: Path) -> list[str]:
-    bad = []
-    for path in [root, *root.rglob("*")]:
-        mode = path.lstat().st_mode
-        if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
-            bad.append(f"{path.relative_to(root)} {stat.filemode(mode)}")
-    return bad
-
-
 def test_files_and_directories_we_create_are_not_world_writable_under_umask_000(tmp_path, umask_000):
     # IPAM store (and its parents), plugin state, subnet.env, the socket's directory.
     store = DiskStore(str(tmp_path / "var/lib/cni/networks"), "cbr0")
@@ -188,7 +180,7 @@ def test_files_and_directories_we_create_are_not_world_writable_under_umask_000(
         probe.close()
         created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
         assert "var/lib/cni/networks/cbr0/10.1.0.2" in created and "run/flannel/subnet.env" in created
-        assert _world_writable(tmp_path) == []
+        assert world_writable(str(tmp_path)) == []
         assert stat.S_IMODE((tmp_path / "run/flannelette").stat().st_mode) == 0o700
     finally:
         server.stop()
@@ -202,4 +194,4 @@ def test_the_vtep_mac_file_and_state_dir_are_not_world_writable_under_umask_000(
     backend.node = type("Node", (), {"public_ip": "192.0.2.7"})()
     mac = backend._stable_mac("flannel.1")
     assert (tmp_path / "var/lib/flanneletted/state/flannel.1.mac").read_text().strip() == mac
-    assert _world_writable(tmp_path) == []
+    assert world_writable(str(tmp_path)) == []
