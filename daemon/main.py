@@ -231,8 +231,8 @@ class Daemon:
         try:
             self.cni_server.start()
         except UnsafeSocketDirError as e:  # pods still start: the plugin runs requests itself
-            log.error("serving no CNI fast path error=%s", e)
             self.metrics.inc("errors_total", where="cni_socket")
+            log.error("serving no CNI fast path error=%s", e)
             self.cni_server = None
             return
         log.info("serving the CNI fast path socket=%s", path)
