@@ -74,8 +74,14 @@ def record_boot(directory: str, marker: str, boot_id: str) -> None:
 
 
 def _read_small(path: str) -> str:
+    """os-level: a buffered open() would cost more than the rest of the check."""
     try:
-        with open(path, "rb") as f:
-            return f.read(128).decode("ascii").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return os.read(fd, 128).decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
         return ""
+    finally:
+        os.close(fd)
