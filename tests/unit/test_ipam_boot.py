@@ -5,8 +5,11 @@ boot is one write away.
 """
 import ipaddress
 import logging
+import json
 import os
 import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +56,10 @@ def fill(store, count: int, prefix: str = "old") -> list[str]:
     return [str(allocator.allocate(f"{prefix}{i}", "eth0")[0].ip) for i in range(count)]
 
 
+def store_dir(store) -> Path:
+    return Path(store.dir)
+
+
 def held(store) -> dict[str, str]:
     with store.locked():
         return {str(r.ip): r.container_id for r in store.list_all()}
@@ -73,11 +80,6 @@ def test_a_full_range_of_an_earlier_boot_is_released_at_the_first_add(store, fak
         assert line.startswith(f"released 10.1.0.{n} of container old{n - 2} ifname eth0")
         assert BOOT_A in line and BOOT_B in line
     assert (store_dir(store) / BOOT_MARKER).read_text().strip() == BOOT_B
-
-
-def store_dir(store):
-    import pathlib
-    return pathlib.Path(store.dir)
 
 
 def test_reservations_of_this_boot_are_never_touched(store, fake_boot, caplog):
@@ -160,3 +162,29 @@ def test_plugin_state_of_an_earlier_boot_is_forgotten_at_the_next_save(tmp_path,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("forgot attachment")]
     assert sorted(line.split()[2] for line in lines) == ["old1:eth0", "old2:eth0", "old3:eth0"]
     assert not leftover.exists()
+
+
+HOST_LOCAL = "/usr/lib/cni/host-local"
+
+
+def host_local(command: str, data_dir: str, cid: str) -> subprocess.CompletedProcess:
+    conf = {"cniVersion": "1.0.0", "name": "cbr0", "type": "bridge",
+            "ipam": {"type": "host-local", "dataDir": data_dir,
+                     "ranges": [[{"subnet": "10.1.0.0/24", "rangeEnd": "10.1.0.6"}]]}}
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/proc/self/ns/net",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    return subprocess.run([HOST_LOCAL], input=json.dumps(conf).encode(), env=env, capture_output=True,
+                          timeout=30)
+
+
+@pytest.mark.skipif(not os.access(HOST_LOCAL, os.X_OK), reason="the reference host-local is not installed")
+def test_host_local_works_in_our_directory_and_keeps_the_marker(store, fake_boot):
+    fill(store, 2)
+    out = host_local("ADD", os.path.dirname(store.dir), "hl1")
+    assert out.returncode == 0, out
+    assert "10.1.0.4/24" in out.stdout.decode()  # after ours, the marker taken for no address
+    assert sorted(held(store).values()) == ["hl1", "old0", "old1"]  # same boot: nothing released
+    assert host_local("DEL", os.path.dirname(store.dir), "hl1").returncode == 0
+    assert (store_dir(store) / BOOT_MARKER).read_text().strip() == BOOT_A
+    fake_boot.switch(BOOT_B)
+    assert held(store) == {}
