@@ -182,7 +182,7 @@ def test_host_local_works_in_our_directory_and_keeps_the_marker(store, fake_boot
     fill(store, 2)
     out = host_local("ADD", os.path.dirname(store.dir), "hl1")
     assert out.returncode == 0, out
-    assert "10.1.0.4/24" in out.stdout.decode()  # after ours, the marker taken for no address
+    assert "10.1.0.4/24" in out.stdout.decode()  # next after ours: the marker is no address to it
     assert sorted(held(store).values()) == ["hl1", "old0", "old1"]  # same boot: nothing released
     assert host_local("DEL", os.path.dirname(store.dir), "hl1").returncode == 0
     assert (store_dir(store) / BOOT_MARKER).read_text().strip() == BOOT_A
