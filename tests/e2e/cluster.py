@@ -26,6 +26,8 @@ from tests.e2e.node import Node, Pod
 from tests.e2e.resources import Resources, TrackedProcess
 from tests.e2e.topology import ETCD_IP, Underlay
 from tests.support.etcd import EtcdServer
+from tests.support.etcd_cluster import EtcdCluster
+from tests.support.netns import NetNS
 
 NETWORK = "10.244.0.0/16"
 
@@ -42,6 +44,7 @@ class ClusterSpec:
     stem: str = ""  # namespace name stem, `flt-<random>` when empty
     workdir: str = ""  # where node dirs and logs go, a fresh temp dir when empty
     daemon_args: tuple[str, ...] = ()
+    etcd_members: int = 1  # more: a real cluster, one member per netns on the underlay
 
     @property
     def label(self) -> str:
@@ -86,7 +89,7 @@ class Cluster:
         self.bin_dir = bin_dir or plugin_bin_dir(self.workdir)
         self.nodes: list[Node] = []
         self.underlay: Underlay | None = None
-        self.etcd: EtcdServer | None = None
+        self.etcd: EtcdServer | EtcdCluster | None = None
         self._closed = False
 
     # ------------------------------------------------------------ lifecycle
@@ -96,8 +99,12 @@ class Cluster:
             spec = self.spec
             self.underlay = Underlay(self.stem, spec.with_router or spec.routed_nodes > 0,
                                      self.resources)
-            self.etcd = EtcdServer(self.underlay.ns, ETCD_IP)
-            self.resources.directories.append(self.etcd.data_dir)
+            if spec.etcd_members > 1:
+                self.etcd = EtcdCluster(self.underlay, self._netns, spec.etcd_members,
+                                        os.path.join(self.workdir, "etcd"))
+            else:
+                self.etcd = EtcdServer(self.underlay.ns, ETCD_IP)
+                self.resources.directories.append(self.etcd.data_dir)
             self.etcd.start()
             self.etcd.put(f"{spec.prefix}/config", json.dumps(self.spec.net_conf()))
             for i in range(spec.nodes + spec.routed_nodes):
@@ -121,8 +128,7 @@ class Cluster:
         """The current resources, with the live processes (daemons, etcd) added."""
         procs = [TrackedProcess.of(n.proc.pid, f"flanneletted {n.name}")
                  for n in self.nodes if n.proc and n.proc.poll() is None]
-        if self.etcd is not None and self.etcd.proc is not None and self.etcd.proc.poll() is None:
-            procs.append(TrackedProcess.of(self.etcd.proc.pid, "etcd"))
+        procs += [TrackedProcess.of(pid, "etcd") for pid in (self.etcd.pids if self.etcd else [])]
         return Resources(procs, list(self.resources.namespaces), list(self.resources.directories))
 
     def __enter__(self) -> "Cluster":
@@ -130,6 +136,12 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _netns(self, role: str) -> NetNS:
+        """A namespace `<stem>-<role>`, recorded before it exists (removed even on failure)."""
+        name = f"{self.stem}-{role}"
+        self.resources.namespaces.append(name)
+        return NetNS(name)
 
     # ------------------------------------------------------------ nodes and pods
 

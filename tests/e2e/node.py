@@ -188,6 +188,11 @@ class Node:
         self.pods.append(pod)
         return pod
 
+    def remove_pod(self, pod: "Pod") -> None:
+        """CNI DEL, as the runtime does when a pod goes (its netns stays for teardown)."""
+        self.cni("DEL", pod.container_id, pod.ns.path)
+        self.pods.remove(pod)
+
 
 class Pod:
     def __init__(self, name: str, ns: NetNS, node: Node):

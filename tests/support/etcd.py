@@ -6,11 +6,14 @@ or a daemon started with `ip netns exec`), never through the root namespace.
 TLS and auth can be layered on by passing extra etcd flags and a scheme, or with
 `EtcdServer.with_tls(ns, ip, pki)` (client certificates required) and
 `enable_auth(user, password, prefix)` (a user whose role may read/write the prefix only).
+`EtcdCluster` runs several members, each an `EtcdServer` in its own namespace, joined by a
+static --initial-cluster (tests/support/etcd_cluster.py).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -26,11 +29,16 @@ ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 class EtcdServer:
     def __init__(self, ns: NetNS, ip: str = "127.0.0.1", port: int = 2379,
                  scheme: str = "http", extra_args: tuple[str, ...] = (),
-                 ctl_args: tuple[str, ...] = ()):
+                 ctl_args: tuple[str, ...] = (), name: str = "flt",
+                 initial_cluster: str = "", data_dir: str = ""):
         self.ns, self.ip, self.port, self.scheme = ns, ip, port, scheme
         self.extra_args = extra_args
         self.ctl_args = ctl_args  # e.g. --cacert/--cert/--key/--user for etcdctl
-        self.data_dir = tempfile.mkdtemp(prefix="flt-etcd-")
+        self.name = name
+        # name=peer URL of every member; a lone member is a cluster of itself
+        self.initial_cluster = initial_cluster or f"{name}={self.peer_url}"
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="flt-etcd-")
+        os.makedirs(self.data_dir, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
     @classmethod
@@ -61,17 +69,24 @@ class EtcdServer:
     def endpoint(self) -> str:
         return f"{self.scheme}://{self.ip}:{self.port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:{self.port + 1}"
+
+    def launch(self) -> None:
+        """Start the process (its own session) without waiting for it to serve."""
+        with open(os.path.join(self.data_dir, "etcd.log"), "ab") as log:
+            self.proc = self.ns.popen(
+                ETCD, "--name", self.name, "--data-dir", os.path.join(self.data_dir, "data"),
+                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                "--listen-peer-urls", self.peer_url,
+                "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-cluster", self.initial_cluster,
+                "--logger", "zap", "--log-outputs", "stderr",
+                *self.extra_args, stdout=log, stderr=log, start_new_session=True)
+
     def start(self, timeout: float = 20) -> "EtcdServer":
-        peer = self.port + 1
-        log = open(os.path.join(self.data_dir, "etcd.log"), "ab")
-        self.proc = self.ns.popen(
-            ETCD, "--name", "flt", "--data-dir", os.path.join(self.data_dir, "data"),
-            "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
-            "--listen-peer-urls", f"http://{self.ip}:{peer}",
-            "--initial-advertise-peer-urls", f"http://{self.ip}:{peer}",
-            "--initial-cluster", f"flt=http://{self.ip}:{peer}",
-            "--logger", "zap", "--log-outputs", "stderr",
-            *self.extra_args, stdout=log, stderr=log, start_new_session=True)
+        self.launch()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,11 +108,16 @@ class EtcdServer:
         out = self.ctl("get", "--prefix", prefix).stdout.decode().splitlines()
         return dict(zip(out[::2], out[1::2]))
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop etcd, keeping its data (start() again resumes the same store)."""
         if self.proc:
-            stop_group(self.proc)
+            stop_group(self.proc, sig)
         self.proc = None
+
+    @property
+    def pids(self) -> list[int]:
+        """The live etcd process (for a cluster's record of what to kill)."""
+        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
 
     def close(self) -> None:
         self.stop()

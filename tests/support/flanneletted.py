@@ -34,6 +34,25 @@ VXLAN_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'
 ALLOC_CONFIG = '{"Network": "10.244.0.0/16", "Backend": {"Type": "alloc"}}'
 
 
+def healthz_get(ns: NetNS, path: str) -> tuple[int, str]:
+    """(HTTP status, body) of the daemon's health server inside ns (status 0: no answer)."""
+    out = ns.run("curl", "-s", "-m", "5", "-w", "\n%{http_code}",
+                 f"http://127.0.0.1:{HEALTHZ_PORT}{path}", check=False).stdout.decode()
+    body, _, code = out.rpartition("\n")
+    return int(code or 0), body
+
+
+def daemon_metric(ns: NetNS, name: str, **labels: str) -> float:
+    """One value of the daemon's /metrics inside ns (0 when absent)."""
+    wanted = "flannelette_" + name
+    if labels:
+        wanted += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in healthz_get(ns, "/metrics")[1].splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def wait_for(what: str, predicate, timeout: float = 20.0, node: "Optional[DaemonNode]" = None):
     """Poll predicate until truthy (returned); fail naming `what`, with the node's log."""
     deadline = time.monotonic() + timeout
@@ -155,19 +174,10 @@ class DaemonNode:
             return "(no log)"
 
     def http(self, path: str) -> tuple[int, str]:
-        out = self.ns.run("curl", "-s", "-m", "5", "-w", "\n%{http_code}",
-                          f"http://127.0.0.1:{HEALTHZ_PORT}{path}", check=False).stdout.decode()
-        body, _, code = out.rpartition("\n")
-        return int(code or 0), body
+        return healthz_get(self.ns, path)
 
     def metric(self, name: str, **labels: str) -> float:
-        wanted = "flannelette_" + name
-        if labels:
-            wanted += "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-        for line in self.http("/metrics")[1].splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return daemon_metric(self.ns, name, **labels)
 
     def ip_json(self, *args: str) -> list[dict]:
         out = self.ns.out("ip", "-j", *args)
