@@ -4,6 +4,11 @@ Keys: `<prefix>/config` (network config JSON) and `<prefix>/subnets/<subnet key>
 (lease JSON attached to an etcd lease). Every pyetcd/grpc exception is turned into
 one of ours in `_translate`, so the rest of the daemon never sees grpc.
 Several endpoints fail over: a call that finds its endpoint down is retried on the next.
+Every request asks for a member that has a raft leader (etcd's `hasleader` metadata, as
+clientv3's WithRequireLeader): a member cut off from the quorum answers "no leader" at
+once instead of stalling, and cancels our watch, so both move to a member that can serve.
+gRPC's reconnect backoff (up to 120 s by default) is capped at 1 s: after all members were
+down, a channel must not sit out the members' return.
 """
 from __future__ import annotations
 
@@ -23,10 +28,16 @@ from conf.daemon import DaemonSettings
 log = logging.getLogger("flanneletted.registry")
 
 RPC_TIMEOUT = 5.0
+PROBE_TIMEOUT = 2.0  # the status request that picks an endpoint: a silent host costs 2 s, not 5
 ENDPOINT_RETRY = 1.0  # seconds before a failed endpoint is tried again
-# Keepalive pings find a dead etcd behind a silent network (etcd allows >= 5 s).
+# Keepalive pings find a dead etcd behind a silent network (etcd allows >= 5 s). Reconnect
+# backoff 0.2 s -> 1 s, and channels of their own (no subchannel shared with a closed
+# client's, which would carry its backoff over).
 GRPC_OPTIONS = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms", 5000),
-                ("grpc.keepalive_permit_without_calls", 1)]
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.use_local_subchannel_pool", 1)]
+REQUIRE_LEADER = ("hasleader", "true")
 
 
 class RegistryError(Exception):
@@ -156,16 +167,19 @@ class Registry:
 
     def _authenticate(self, client) -> None:
         s = self.settings
+        client.metadata = (REQUIRE_LEADER,)
         if s.etcd_username:
             resp = client.authstub.Authenticate(
                 pyetcd.etcdrpc.AuthenticateRequest(name=s.etcd_username, password=s.etcd_password),
                 self.timeout)
-            client.metadata = (("token", resp.token),)
+            client.metadata += (("token", resp.token),)
             if self.settings.tls:  # grpc refuses call credentials on a plaintext channel
                 client.call_credentials = grpc.metadata_call_credentials(
                     EtcdTokenCallCredentials(resp.token))
-        else:  # one cheap request proves the endpoint answers
-            client.status()
+        # One cheap request proves the endpoint answers and its member has a leader.
+        client.maintenancestub.Status(pyetcd.etcdrpc.StatusRequest(), PROBE_TIMEOUT,
+                                      credentials=client.call_credentials,
+                                      metadata=client.metadata)
 
     def client(self) -> pyetcd.MultiEndpointEtcd3Client:
         with self._lock:
@@ -188,9 +202,10 @@ class Registry:
         """Run fn(client); on a dead endpoint or a stale token, retry on the next one."""
         attempts = len(self.settings.etcd_endpoints) + 1
         for attempt in range(attempts):
+            client = self.client()  # raises once every endpoint was tried: no retry then
             try:
                 with _translate():
-                    return fn(self.client())
+                    return fn(client)
             except RegistryAuthError as e:
                 if "invalid auth token" not in str(e) or attempt:
                     raise
@@ -203,7 +218,7 @@ class Registry:
 
     def check(self) -> None:
         """Reach etcd now (used at startup to fail fast with a clear line)."""
-        self._call(lambda c: c.status() if not self.settings.etcd_username else None)
+        self.client()
 
     # ------------------------------------------------------------ keys
 

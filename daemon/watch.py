@@ -1,7 +1,8 @@
 """Every node's lease, kept current from etcd: list once, then watch from that revision.
 
 The watch resumes from the last revision seen after any break (etcd restarted, network
-gone), with backoff 0.1 s -> 5 s, so no event is missed; when etcd has compacted that
+gone), with backoff 0.1 s -> 2 s (jittered, so a cluster's nodes do not return in step),
+so no event is missed and a watch is back within about 2 s of etcd's return; when etcd has compacted that
 revision away, the watcher lists again and diffs the new snapshot against what it knew
 (flannel's LeaseWatcher.Reset). While etcd is unreachable the known set simply stays as
 it is, and so does the data plane built from it.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -22,7 +24,12 @@ from daemon.registry import (CompactedError, KeyValue, Registry, RegistryError,
 
 log = logging.getLogger("flanneletted.watch")
 
-BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
+JITTER = 0.2  # each wait is its delay +- 20 %
+
+
+def backoff_wait(delay: float) -> float:
+    return delay * random.uniform(1 - JITTER, 1 + JITTER)
 _STOP = object()
 
 
@@ -140,13 +147,13 @@ class LeaseWatcher:
                 need_list = True
             except RegistryError as e:
                 self._disconnected(e)
-                if self._stop.wait(delay):
+                if self._stop.wait(backoff_wait(delay)):
                     return
                 delay = min(delay * 2, BACKOFF_MAX)
             except Exception:  # a bug must not kill the watch: log it, count it, go on
                 log.exception("lease watch failed")
                 self.metrics.inc("errors_total", where="watch")
-                if self._stop.wait(delay):
+                if self._stop.wait(backoff_wait(delay)):
                     return
                 delay = min(delay * 2, BACKOFF_MAX)
 

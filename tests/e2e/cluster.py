@@ -214,7 +214,10 @@ class Cluster:
 
     def diagnostics(self) -> str:
         """Leases, and per node the routes, neighbours, FDB and daemon log tail: for failures."""
-        parts = [f"leases: {json.dumps(self.leases(), indent=1)}"]
+        try:
+            parts = [f"leases: {json.dumps(self.leases(), indent=1)}"]
+        except Exception as e:  # etcd itself may be what failed
+            parts = [f"leases: cannot list them: {str(e)[-300:]}"]
         for node in self.nodes:
             parts.append(node.describe())
             parts.append(f"--- {node.name} daemon log (tail)\n{node.log_tail()}")

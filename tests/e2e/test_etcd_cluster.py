@@ -116,6 +116,40 @@ def test_killing_the_leader_changes_nothing_and_renewals_and_watches_go_on(make_
           f"after the kill routed by all in {routed:.2f}s")
 
 
+def test_a_member_cut_off_from_the_quorum_loses_our_watch_to_one_that_has_it(make_cluster):
+    """The daemons' first endpoint stays up but loses its peers: it still answers, yet
+    sees no new writes. Asking for a member with a leader moves watch and renewals away."""
+    cluster: Cluster = make_cluster(_spec())
+    etcd: EtcdCluster = cluster.etcd
+    cut, *quorum = etcd.members
+    majority = ",".join(m.endpoint for m in quorum)
+    etcd.move_leader(quorum[0])
+    a, b = cluster.add_pod(cluster.nodes[0]), cluster.add_pod(cluster.nodes[1])
+    planes = _planes(cluster)
+    late_key, late_value = _late_lease(cluster, cluster.nodes[1])
+    stream = a.ping_stream(b.ip, count=200, interval=INTERVAL)
+    etcd.isolate(cut)
+    try:
+        cut_at = time.monotonic()
+        renewals = _renewals(cluster)
+        etcd.ctl("put", late_key, late_value, endpoints=majority)
+        late = ipaddress.ip_network(LATE_SUBNET)
+        _wait("a lease written on the majority side programmed on every node",
+              lambda: all(n.route_to(late) for n in cluster.nodes), 30, cluster)
+        programmed = time.monotonic() - cut_at
+        _wait("a renewal on every node with the first endpoint cut off",
+              lambda: all(v > renewals[k] for k, v in _renewals(cluster).items()), 30, cluster)
+    finally:
+        etcd.isolate(cut, False)
+    sent, received = ping_counts(stream)
+    assert sent == 200 and received == sent, f"lost {sent - received} of {sent} pings"
+    assert _without_late_node(_planes(cluster)) == _without_late_node(planes)
+    _daemons_alive(cluster)
+    print(f"\n[etcd-cluster] first endpoint {cut.name} cut off from its peers: a lease written "
+          f"on the majority programmed on every node {programmed:.2f}s after the cut; "
+          f"renewals go on; pings lost {sent - received} of {sent}")
+
+
 def _late_lease(cluster: Cluster, like: Node) -> tuple[str, str]:
     """(key, value) of a lease for a node that is not running: another node's, readdressed."""
     subnet = like.subnet

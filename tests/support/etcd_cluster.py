@@ -82,6 +82,14 @@ class EtcdCluster:
         for m in self.members:
             m.stop(sig)
 
+    def isolate(self, member: EtcdServer, cut: bool = True) -> None:
+        """Cut the member off from its peers (raft port dropped in its own netns) while
+        clients still reach it; cut=False heals the partition."""
+        action = "-A" if cut else "-D"
+        for chain, way in (("INPUT", "--dport"), ("INPUT", "--sport"), ("OUTPUT", "--dport")):
+            member.ns.run("iptables", "-w", action, chain, "-p", "tcp", way, str(member.port + 1),
+                          "-j", "DROP")
+
     def close(self) -> None:
         self.stop(signal.SIGKILL)
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -5,8 +5,10 @@ import grpc
 import pytest
 from pyetcd import exceptions as etcd_exc
 
-from daemon.registry import (CompactedError, RegistryAuthError, RegistryError,
-                             RegistryUnavailableError, translate_exception)
+from daemon.registry import (CompactedError, Registry,
+                             RegistryAuthError, RegistryError, RegistryUnavailableError,
+                             translate_exception)
+from daemon.settings import parse_settings
 
 
 class FakeRpcError(grpc.RpcError):
@@ -57,3 +59,37 @@ def test_compaction_and_client_side_errors():
     assert isinstance(translate_exception(etcd_exc.NoServerAvailableError("none")),
                       RegistryUnavailableError)
     assert isinstance(translate_exception(etcd_exc.WatchTimedOut()), RegistryUnavailableError)
+
+
+def _registry(endpoints: str) -> Registry:
+    return Registry(parse_settings(["--etcd-endpoints", endpoints], {}))
+
+
+def test_no_endpoint_answering_is_one_round_over_the_endpoints_not_one_per_retry():
+    reg = _registry("http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379")
+    rounds = []
+
+    def connect():
+        rounds.append(1)
+        raise RegistryUnavailableError("10.0.0.1: refused; 10.0.0.2: refused; 10.0.0.3: refused")
+
+    reg._connect = connect
+    with pytest.raises(RegistryUnavailableError):
+        reg.get_config()
+    assert len(rounds) == 1
+
+
+def test_a_dead_endpoint_is_retried_on_the_next_within_one_call():
+    reg = _registry("http://10.0.0.1:2379,http://10.0.0.2:2379")
+    answers = [FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"), (b"{}", None)]
+
+    class Client:
+        def get(self, key):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    reg._connect = Client
+    assert reg.get_config() == b"{}" and answers == []
+

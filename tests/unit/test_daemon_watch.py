@@ -8,7 +8,7 @@ import time
 from conf.flannel import LeaseAttrs
 from daemon.metrics import Metrics
 from daemon.registry import CompactedError, KeyValue, RegistryUnavailableError, WatchBatch
-from daemon.watch import LeaseWatcher
+from daemon.watch import BACKOFF_MAX, JITTER, LeaseWatcher
 
 
 def kv(third: int, ip: str = "192.168.1.1", lease_id: int = 9) -> KeyValue:
@@ -143,5 +143,36 @@ def test_an_etcd_that_went_back_in_time_is_listed_again():
         send(RegistryUnavailableError("etcd gone"))
         reg.streams.get(timeout=5)
         assert keys(w) == ["10.244.2.0-24"] and reg.lists == 2 and reg.watch_starts[-1] == 4
+    finally:
+        w.stop()
+
+
+def test_a_long_outage_never_spaces_watch_retries_beyond_the_backoff_cap():
+    """After many failures in a row the watcher still retries every BACKOFF_MAX (+ jitter),
+    so a watch is back within about 2 s of etcd's return, not after a growing backoff."""
+    reg = FakeRegistry((10, [kv(2)]))
+    w = LeaseWatcher(reg, Metrics(), on_change=lambda: None)
+    waits: list[float] = []
+    outage = {"left": 12}
+
+    def watch_leases(start, callback):
+        if outage["left"]:
+            outage["left"] -= 1
+            raise RegistryUnavailableError("connection refused")
+        reg.streams.put(callback)
+        return lambda: None
+
+    def wait(seconds):  # the watcher's sleeps, recorded instead of slept
+        waits.append(seconds)
+        return False
+
+    reg.watch_leases = watch_leases
+    w._stop.wait = wait
+    w.start()
+    try:
+        reg.streams.get(timeout=5)
+        assert len(waits) == 12
+        assert max(waits) <= BACKOFF_MAX * (1 + JITTER) and max(waits) > 1.0
+        assert len({round(x, 6) for x in waits[-4:]}) > 1  # jittered, not in step
     finally:
         w.stop()
