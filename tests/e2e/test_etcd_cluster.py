@@ -1,4 +1,5 @@
-"""etcd as a real 3-member cluster: the leader killed, then every member down for a minute.
+"""etcd as a real 3-member cluster: the leader killed, the daemons' first endpoint cut off
+from its peers, then every member down for a minute.
 
 Three etcd processes, each in its own namespace on the underlay (tests/support/etcd_cluster.py);
 every flanneletted is given all three endpoints. Leases live 6 s, so the daemons renew every
@@ -179,7 +180,7 @@ def test_all_members_down_for_a_minute_the_data_plane_and_fast_path_stay(make_cl
     a, gone = cluster.add_pod(n1), cluster.add_pod(n1)
     b = cluster.add_pod(n2)
     assert b.ping(a.ip, wait=2)
-    planes = _planes(cluster)
+    planes, leases = _planes(cluster), cluster.leases()
     late_key, late_value = _late_lease(cluster, n2)
     count = int((OUTAGE + 12) / 0.1)  # the outage, the return, the late node: 0.1 s apart
     stream = b.ping_stream(a.ip, count=count, interval=0.1)
@@ -224,6 +225,7 @@ def test_all_members_down_for_a_minute_the_data_plane_and_fast_path_stay(make_cl
     assert sent == count and received == sent, f"lost {sent - received} of {sent} pings"
     assert _without_late_node(_planes(cluster)) == _without_late_node(planes), \
         "the data plane changed across the etcd outage"
+    assert {k: v for k, v in cluster.leases().items() if k in leases} == leases  # same subnets
     _daemons_alive(cluster)
     print(f"\n[etcd-cluster] all 3 members down {OUTAGE:.0f}s: pings lost {sent - received} "
           f"of {sent}; fast path ADD+DEL served while down; quorum back -> late lease routed "
