@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import time
@@ -122,6 +123,8 @@ class Cluster:
         if self._closed:
             return []
         self._closed = True
+        if isinstance(self.etcd, EtcdCluster):  # a leader stopping with its peers waits seconds
+            self.etcd.stop(signal.SIGKILL)
         return self.record().teardown()  # daemons and etcd are stopped together
 
     def record(self) -> Resources:

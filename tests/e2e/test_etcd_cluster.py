@@ -134,12 +134,8 @@ def test_a_member_cut_off_from_the_quorum_loses_our_watch_to_one_that_has_it(mak
         cut_at = time.monotonic()
         renewals = _renewals(cluster)
         etcd.ctl("put", late_key, late_value, endpoints=majority)
-        late = ipaddress.ip_network(LATE_SUBNET)
-        _wait("a lease written on the majority side programmed on every node",
-              lambda: all(n.route_to(late) for n in cluster.nodes), 30, cluster)
-        programmed = time.monotonic() - cut_at
-        _wait("a renewal on every node with the first endpoint cut off",
-              lambda: all(v > renewals[k] for k, v in _renewals(cluster).items()), 30, cluster)
+        programmed, _ = _late_lease_routed_and_renewals(cluster, renewals, cut_at,
+                                                        "with the first endpoint cut off")
     finally:
         etcd.isolate(cut, False)
     sent, received = ping_counts(stream)
@@ -149,6 +145,19 @@ def test_a_member_cut_off_from_the_quorum_loses_our_watch_to_one_that_has_it(mak
     print(f"\n[etcd-cluster] first endpoint {cut.name} cut off from its peers: a lease written "
           f"on the majority programmed on every node {programmed:.2f}s after the cut; "
           f"renewals go on; pings lost {sent - received} of {sent}")
+
+
+def _late_lease_routed_and_renewals(cluster: Cluster, renewals: dict[str, float],
+                                    since: float, when: str) -> tuple[float, float]:
+    """Seconds from `since` until the late lease is routed on every node, and until every
+    node renewed its own lease again."""
+    late = ipaddress.ip_network(LATE_SUBNET)
+    _wait(f"the late lease programmed on every node {when}",
+          lambda: all(n.route_to(late) for n in cluster.nodes), 30, cluster)
+    programmed = time.monotonic() - since
+    _wait(f"a renewal on every node {when}",
+          lambda: all(v > renewals[k] for k, v in _renewals(cluster).items()), 30, cluster)
+    return programmed, time.monotonic() - since
 
 
 def _late_lease(cluster: Cluster, like: Node) -> tuple[str, str]:
@@ -212,13 +221,8 @@ def test_all_members_down_for_a_minute_the_data_plane_and_fast_path_stay(make_cl
     lease_id = _grant_when_quorum(etcd, timeout=30)
     back = time.monotonic()
     etcd.ctl("put", late_key, late_value, "--lease", lease_id)
-    late = ipaddress.ip_network(LATE_SUBNET)
-    _wait("the lease written on the members' return programmed on every node",
-          lambda: all(n.route_to(late) for n in cluster.nodes), 30, cluster)
-    programmed = time.monotonic() - back
-    _wait("a renewal on every node after the members' return",
-          lambda: all(v > renewals[k] for k, v in _renewals(cluster).items()), 30, cluster)
-    renewed = time.monotonic() - back
+    programmed, renewed = _late_lease_routed_and_renewals(cluster, renewals, back,
+                                                          "after the members' return")
     etcd.wait_healthy()
     healthy = time.monotonic() - back  # all three members answering
     sent, received = ping_counts(stream, timeout=OUTAGE + 60)
