@@ -20,7 +20,7 @@ import pytest
 
 from cni_plugin.links import host_veth_name
 from tests.e2e.cluster import Cluster, ClusterSpec
-from tests.e2e.node import Node, ping_counts
+from tests.e2e.node import Node, Pod, ping_counts
 from tests.support.etcd_cluster import EtcdCluster
 from tests.support.flanneletted import daemon_metric, healthz_get
 
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 LEASE_TTL = 6  # below the renew margin, so the daemon renews at half the TTL: every 3 s
 INTERVAL = 0.05
 OUTAGE = 60.0  # the issue's "all members down for 60 s"
+KILL_ROUNDS = 10 if os.environ.get("FLT_SOAK") else 2
 RECOVERY_BOUND = 5.0  # the issue's "recovers within 5 s of the members' return"
 # A node that joins while the daemons were cut off: written straight into etcd.
 LATE_SUBNET, LATE_IP, LATE_MAC = "10.244.250.0/24", "192.168.50.99", "0e:00:00:00:fa:99"
@@ -64,26 +65,31 @@ def _wait(what: str, predicate, timeout: float, cluster: Cluster) -> float:
     return time.monotonic() - start
 
 
+def _reachable(src: Pod, dst: Pod) -> bool:
+    """A reply within 10 s (a first packet may wait for ARP on a loaded machine)."""
+    return src.ping_until(dst.ip, timeout=10) is not None
+
+
 def _daemons_alive(cluster: Cluster) -> None:
     for n in cluster.nodes:
         assert n.proc is not None and n.proc.poll() is None, \
             f"flanneletted on {n.name} exited:\n{n.log_tail()}"
 
 
-def test_killing_the_leader_changes_nothing_and_renewals_and_watches_go_on(make_cluster):
-    cluster: Cluster = make_cluster(_spec())
+def _kill_the_leader_once(cluster: Cluster, a: Pod, b: Pod) -> dict:
+    """One round: the first endpoint made leader, SIGKILLed under a ping and renewals.
+
+    In the first round the daemons are connected to that member, so the kill also breaks
+    their watch and renewal connection; afterwards they stay on the member they failed
+    over to, and later rounds kill a leader they are not connected to."""
     etcd: EtcdCluster = cluster.etcd
     first = etcd.members[0]
-    # Every daemon talks to the first endpoint it was given: make that one the leader, so
-    # the kill breaks the daemons' watch and renewal connection as well as the raft quorum.
+    etcd.start()  # the member killed in the previous round rejoins with its data
     etcd.move_leader(first)
-    a, b = cluster.add_pod(cluster.nodes[0]), cluster.add_pod(cluster.nodes[1])
-    assert a.ping(b.ip, wait=2)
     planes = _planes(cluster)
     count = 240  # 12 s at 50 ms: the kill, the election and two renewals per node
     stream = a.ping_stream(b.ip, count=count, interval=INTERVAL)
     time.sleep(0.5)
-    assert etcd.leader() is first
     records = {n.name: _lease_record(cluster, n) for n in cluster.nodes}
     etcd.kill(first)
     killed = time.monotonic()
@@ -94,27 +100,36 @@ def test_killing_the_leader_changes_nothing_and_renewals_and_watches_go_on(make_
     took = _wait("two renewals per node after the leader was killed",
                  lambda: all(v >= renewals[k] + 2 for k, v in _renewals(cluster).items()),
                  4 * LEASE_TTL, cluster)
-    after = {n.name: _lease_record(cluster, n) for n in cluster.nodes}
-    for name, (lease_id, revision) in after.items():
-        assert lease_id != records[name][0] and revision > records[name][1], \
-            f"{name}'s lease in etcd did not move on: {records[name]} -> {(lease_id, revision)}"
-    renewed = {k: int(v - renewals[k]) for k, v in _renewals(cluster).items()}
+    for n in cluster.nodes:
+        (lease_id, revision), (old_id, old_revision) = _lease_record(cluster, n), records[n.name]
+        assert lease_id != old_id and revision > old_revision, \
+            f"{n.name}'s lease in etcd did not move on: {records[n.name]} -> {(lease_id, revision)}"
     sent, received = ping_counts(stream)
     assert sent == count and received == sent, f"lost {sent - received} of {sent} pings"
     assert _planes(cluster) == planes, "the data plane changed when the etcd leader died"
     _daemons_alive(cluster)
-    # A watch event after the kill: a node joins and the old nodes route to its pods.
+    return {"elected": f"{new_leader.name} in {elected:.2f}s", "lost": sent - received,
+            "sent": sent, "renewals": {k: int(v - renewals[k]) for k, v in _renewals(cluster).items()},
+            "within": round(took, 1)}
+
+
+def test_killing_the_leader_changes_nothing_and_renewals_and_watches_go_on(make_cluster):
+    cluster: Cluster = make_cluster(_spec())
+    a, b = cluster.add_pod(cluster.nodes[0]), cluster.add_pod(cluster.nodes[1])
+    assert _reachable(a, b)
+    rounds = [_kill_the_leader_once(cluster, a, b) for _ in range(KILL_ROUNDS)]
+    # A watch event after the kills: a node joins and the old nodes route to its pods.
     joined = time.monotonic()
     node = cluster.add_node()
     cluster.wait_converged()
     routed = time.monotonic() - joined
     c = cluster.add_pod(node)
-    assert a.ping(c.ip, wait=2) and b.ping(c.ip, wait=2), cluster.diagnostics()
+    assert _reachable(a, c) and _reachable(b, c), cluster.diagnostics()
     reconnects = {n.name: daemon_metric(n.ns, "etcd_reconnects_total") for n in cluster.nodes[:2]}
-    print(f"\n[etcd-cluster] leader {first.name} SIGKILLed, {new_leader.name} elected in "
-          f"{elected:.2f}s; pings lost {sent - received} of {sent}; renewals after the kill "
-          f"{renewed} within {took:.1f}s; watch re-established {reconnects}; a node joining "
-          f"after the kill routed by all in {routed:.2f}s")
+    lost = sum(r["lost"] for r in rounds)
+    print(f"\n[etcd-cluster] leader SIGKILLed {len(rounds)} times (first: the daemons' endpoint): "
+          f"pings lost {lost} of {sum(r['sent'] for r in rounds)}; per round {rounds}; watch "
+          f"re-established {reconnects}; a node joining afterwards routed by all in {routed:.2f}s")
 
 
 def test_a_member_cut_off_from_the_quorum_loses_our_watch_to_one_that_has_it(make_cluster):
@@ -126,6 +141,7 @@ def test_a_member_cut_off_from_the_quorum_loses_our_watch_to_one_that_has_it(mak
     majority = ",".join(m.endpoint for m in quorum)
     etcd.move_leader(quorum[0])
     a, b = cluster.add_pod(cluster.nodes[0]), cluster.add_pod(cluster.nodes[1])
+    assert _reachable(a, b)
     planes = _planes(cluster)
     late_key, late_value = _late_lease(cluster, cluster.nodes[1])
     stream = a.ping_stream(b.ip, count=200, interval=INTERVAL)
@@ -188,7 +204,7 @@ def test_all_members_down_for_a_minute_the_data_plane_and_fast_path_stay(make_cl
     n1, n2 = cluster.nodes
     a, gone = cluster.add_pod(n1), cluster.add_pod(n1)
     b = cluster.add_pod(n2)
-    assert b.ping(a.ip, wait=2)
+    assert _reachable(b, a)
     planes, leases = _planes(cluster), cluster.leases()
     late_key, late_value = _late_lease(cluster, n2)
     count = int((OUTAGE + 12) / 0.1)  # the outage, the return, the late node: 0.1 s apart
@@ -201,7 +217,7 @@ def test_all_members_down_for_a_minute_the_data_plane_and_fast_path_stay(make_cl
     # While etcd is away the fast path still wires and unwires pods of this node.
     c = cluster.add_pod(n1)
     assert _served_by_daemon(n1, c.container_id, "ADD"), n1.log_tail()
-    assert b.ping(c.ip, wait=2), f"{b.label} cannot reach {c.label} added while etcd was down"
+    assert _reachable(b, c), f"{b.label} cannot reach {c.label} added while etcd was down"
     n1.remove_pod(gone)
     assert _served_by_daemon(n1, gone.container_id, "DEL"), n1.log_tail()
     veth = host_veth_name(gone.container_id, "eth0")
