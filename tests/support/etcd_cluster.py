@@ -127,8 +127,8 @@ class EtcdCluster:
         deadline = time.monotonic() + timeout
         while True:
             for st in self.statuses():
-                status = st["Status"]
-                if status["leader"] and status["header"]["member_id"] == status["leader"]:
+                status = st["Status"]  # etcdctl leaves out a zero leader (mid-election)
+                if status.get("leader") and status["header"]["member_id"] == status["leader"]:
                     return next(m for m in self.members if m.endpoint == st["Endpoint"])
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no etcd leader in {timeout}s: {self.statuses()}")
