@@ -217,7 +217,7 @@ class Registry:
                     self.reset()
 
     def check(self) -> None:
-        """Reach etcd now (used at startup to fail fast with a clear line)."""
+        """Connect now, unless connected (used at startup to fail fast with a clear line)."""
         self.client()
 
     # ------------------------------------------------------------ keys

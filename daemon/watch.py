@@ -1,11 +1,11 @@
 """Every node's lease, kept current from etcd: list once, then watch from that revision.
 
 The watch resumes from the last revision seen after any break (etcd restarted, network
-gone), with backoff 0.1 s -> 2 s (jittered, so a cluster's nodes do not return in step),
-so no event is missed and a watch is back within about 2 s of etcd's return; when etcd has compacted that
-revision away, the watcher lists again and diffs the new snapshot against what it knew
-(flannel's LeaseWatcher.Reset). While etcd is unreachable the known set simply stays as
-it is, and so does the data plane built from it.
+gone), so no event is missed, with backoff 0.1 s -> 2 s, jittered so a cluster's nodes do
+not return in step: a watch is back within about 2 s of etcd's return, however long it was
+away. When etcd has compacted that revision away, the watcher lists again and diffs the
+new snapshot against what it knew (flannel's LeaseWatcher.Reset). While etcd is
+unreachable the known set simply stays as it is, and so does the data plane built from it.
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ log = logging.getLogger("flanneletted.watch")
 
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 2.0
 JITTER = 0.2  # each wait is its delay +- 20 %
+_STOP = object()
 
 
 def backoff_wait(delay: float) -> float:
     return delay * random.uniform(1 - JITTER, 1 + JITTER)
-_STOP = object()
 
 
 @dataclass(frozen=True, slots=True)

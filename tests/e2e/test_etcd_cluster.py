@@ -109,7 +109,8 @@ def _kill_the_leader_once(cluster: Cluster, a: Pod, b: Pod) -> dict:
     assert _planes(cluster) == planes, "the data plane changed when the etcd leader died"
     _daemons_alive(cluster)
     return {"elected": f"{new_leader.name} in {elected:.2f}s", "lost": sent - received,
-            "sent": sent, "renewals": {k: int(v - renewals[k]) for k, v in _renewals(cluster).items()},
+            "sent": sent,
+            "renewals": {k: int(v - renewals[k]) for k, v in _renewals(cluster).items()},
             "within": round(took, 1)}
 
 

@@ -65,7 +65,8 @@ class EtcdCluster:
         """Until every member answers `endpoint health` (which needs a quorum); seconds waited."""
         start = time.monotonic()
         while True:
-            exited = [m.name for m in self.members if m.proc is not None and m.proc.poll() is not None]
+            exited = [m.name for m in self.members
+                      if m.proc is not None and m.proc.poll() is not None]
             if exited:
                 raise RuntimeError(f"etcd member(s) {exited} exited: see {self.workdir}/*/etcd.log")
             if self.ctl("endpoint", "health", check=False).returncode == 0:
