@@ -185,8 +185,11 @@ class Daemon:
             return None
         from daemon.masquerade import Masquerade
         masq = Masquerade(self.config, own, iptables_mode=self.settings.iptables_mode)
-        masq.ensure()
-        log.info("masquerade rules installed")
+        if masq.check():  # a restart: rewriting would flush the chains and zero their counters
+            log.info("masquerade rules already in place, kept")
+        else:
+            masq.ensure()
+            log.info("masquerade rules installed")
         return masq
 
     def write_subnet_env(self, own: Lease) -> None:

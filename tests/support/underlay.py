@@ -91,7 +91,10 @@ class Underlay:
         return [self.ns] + ([self.router] if self.router else [])
 
     def _add_bridge(self, name: str) -> None:
-        self.ns.run("ip", "link", "add", name, "type", "bridge", "stp_state", "0")
+        # A fixed MAC: by default a bridge takes its lowest port's, so a node leaving would
+        # change the MAC of the switch address (etcd) under every other node's ARP cache.
+        mac = f"02:f1:7e:00:00:{int(name[2:]) + 1:02x}"
+        self.ns.run("ip", "link", "add", name, "address", mac, "type", "bridge", "stp_state", "0")
         self.ns.run("ip", "link", "set", name, "up")
 
     def add_router(self) -> None:
