@@ -104,6 +104,7 @@ class DaemonSettings(BaseModel):
     healthz_port: int = Field(default=0, ge=0, le=65535)  # 0 disables, as in flanneld
     subnet_lease_renew_margin: int = Field(default=60, ge=1, le=1439)  # minutes
     cni_socket: str = DEFAULT_CNI_SOCKET  # "" disables the fast path
+    cni_bridge: str = "cni0"  # re-addressed when the node's subnet changes ("" = leave it)
     state_dir: str = DEFAULT_STATE_DIR
     lease_ttl: int = Field(default=DAY, ge=5, le=30 * DAY)  # seconds
     reconcile_interval: float = Field(default=10.0, gt=0, le=3600)  # seconds

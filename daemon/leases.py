@@ -1,12 +1,16 @@
 """This node's subnet lease: acquire, renew, take back; flanneld's rules, without its exits.
 
 Acquire (flannel's tryAcquireLease, up to 10 rounds against racing nodes):
-  1. a lease already held by our public IP, if it still fits the config -> reuse it;
+  1. a lease already held by our public IP, if it still fits the config -> reuse it,
+     unless another daemon with our public IP put it (daemon.holder) -> DuplicateHolderError;
   2. else the subnet of an existing subnet.env, if nobody holds it -> take it again;
   3. else a random pick among the first 100 free subnets in [SubnetMin, SubnetMax];
 created by a transaction that succeeds only while the key is absent, on a TTL lease.
-Renew = fresh TTL lease + put, guarded by a compare so we never overwrite another node.
-Revoked or expired -> take the same subnet back; if another node holds it, LeaseLostError.
+Renew = fresh TTL lease + put, guarded by compares (our value, our etcd lease) so we
+never overwrite another node, nor another daemon that has our public IP.
+Revoked or expired -> take the same subnet back; if another node holds it,
+LeaseLostError (the daemon then acquires a new subnet: `reacquire`); if another daemon
+with our public IP holds it, DuplicateHolderError (that daemon keeps it).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
+from daemon.holder import HolderFile, HolderRecord, foreign_holder
 from daemon.peers import PeerLease, compact
 from daemon.registry import KeyValue, Registry, RegistryError
 
@@ -35,6 +40,17 @@ class LeaseError(Exception):
 
 class LeaseLostError(LeaseError):
     """Our subnet now belongs to another node: pod addresses here would be wrong."""
+
+
+class DuplicateHolderError(LeaseError):
+    """Another daemon with our public IP holds the lease we would take or renew."""
+
+
+def duplicate_holder_message(key: str, public_ip, lease_id: int) -> str:
+    return (f"subnet {key} with our public IP {public_ip} is held by another flanneletted "
+            f"(etcd lease {lease_id:x}, not one of ours): two daemons share one public IP "
+            "(a cloned VM or a wrong --public-ip); this one leaves the subnet to it. Fix the "
+            "node's public IP; if this node is the rightful holder, stop the other daemon")
 
 
 def parse_lease(kv: KeyValue) -> Optional[PeerLease]:
@@ -126,7 +142,8 @@ class LeaseManager:
     """Holds this node's lease in etcd for as long as the daemon runs."""
 
     def __init__(self, registry: Registry, config: NetworkConfig, ttl: int, margin: int,
-                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time):
+                 rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
+                 state_dir: str = ""):
         if not config.enable_ipv4:
             raise LeaseError("IPv6-only networks (EnableIPv4 false) are not supported")
         self.registry, self.config = registry, config
@@ -139,12 +156,17 @@ class LeaseManager:
         # The last full listing (revision, kvs, parsed): the watcher starts from it.
         self.listing: Optional[tuple[int, list[KeyValue], dict[str, PeerLease]]] = None
         self._value = ""
+        self._attrs: Optional[LeaseAttrs] = None
+        self.holder = HolderFile(state_dir)
+        self._record: Optional[HolderRecord] = None  # as found at start: who we were
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ acquire
 
     def acquire(self, attrs: LeaseAttrs, previous: Optional[SubnetEnv] = None) -> Lease:
-        self._value = attrs.dump_json()
+        self._value, self._attrs = attrs.dump_json(), attrs
+        if self.own is None and self._record is None:
+            self._record = self.holder.load()
         for _ in range(RACE_RETRIES):
             lease = self._try_acquire(attrs, previous)
             if lease is not None:
@@ -155,13 +177,18 @@ class LeaseManager:
         revision, kvs = self.registry.list_leases()
         parsed = parse_leases(kvs)
         self.listing = (revision, kvs, parsed)
-        raw = {kv.key: kv.value for kv in kvs}
+        by_key = {kv.key: kv for kv in kvs}
         leases = list(parsed.values())
         mine = [x for x in leases if x.attrs.public_ip == attrs.public_ip]
         for lease in mine:
+            kv = by_key[lease.key]
+            if foreign_holder(self._record, kv.key, kv.lease_id):
+                raise DuplicateHolderError(duplicate_holder_message(kv.key, attrs.public_ip,
+                                                                    kv.lease_id))
             if fits_config(lease, self.config):
-                lease_id, _ = self.registry.renew_lease(lease.key, raw[lease.key].decode(),
-                                                        self._value, self.ttl)
+                lease_id, _ = self.registry.renew_lease(
+                    lease.key, kv.value.decode(), self._value, self.ttl, held_by=kv.lease_id,
+                    lease_id=self._grant_recorded(lease.key, kv.lease_id))
                 if lease_id is None:
                     return None  # changed under us: start over
                 log.info("reusing lease subnet=%s public_ip=%s", lease.key, attrs.public_ip)
@@ -174,14 +201,29 @@ class LeaseManager:
         if candidate is None:
             candidate, source = pick_free_subnet(self.config, leases, self.rng), "random"
         key = make_subnet_key(candidate.subnet, candidate.ipv6_subnet)
-        lease_id = self.registry.create_lease(key, self._value, self.ttl)
+        lease_id = self.registry.create_lease(key, self._value, self.ttl,
+                                              lease_id=self._grant_recorded(key))
         if lease_id is None:
             log.info("lost a race for subnet=%s, retrying", key)
             return None
         log.info("acquired lease subnet=%s from=%s public_ip=%s", key, source, attrs.public_ip)
         return self._held(key, lease_id)
 
+    def reacquire(self) -> Lease:
+        """A new subnet after LeaseLostError: the lost one is another node's now."""
+        assert self._attrs is not None
+        return self.acquire(self._attrs)
+
+    def _grant_recorded(self, key: str, *also: int) -> int:
+        """A fresh etcd lease for a put on `key`, recorded as ours before the put is tried
+        (with `also` and the one we hold on that key: a crash in between loses neither)."""
+        lease_id = self.registry.grant(self.ttl)
+        held = self.lease_id if self.own is not None and self.own.key == key else 0
+        self.holder.save(key, *also, held, lease_id)
+        return lease_id
+
     def _held(self, key: str, lease_id: int) -> Lease:
+        self.holder.save(key, lease_id)
         with self._lock:
             self.lease_id = lease_id
             now = self.clock()
@@ -199,7 +241,9 @@ class LeaseManager:
         """New TTL lease + put; takes the subnet back if it vanished meanwhile."""
         assert self.own is not None
         key, old_id = self.own.key, self.lease_id
-        lease_id, current = self.registry.renew_lease(key, self._value, self._value, self.ttl)
+        lease_id, current = self.registry.renew_lease(key, self._value, self._value, self.ttl,
+                                                      held_by=old_id,
+                                                      lease_id=self._grant_recorded(key))
         if lease_id is None:
             return self._recover(current)
         log.info("renewed lease subnet=%s ttl=%d", key, self.ttl)
@@ -209,26 +253,31 @@ class LeaseManager:
     def ensure_held(self) -> Lease:
         """Check our key after a watch event about it; take it back if it is gone."""
         assert self.own is not None
-        current = self.registry.get_lease(self.own.key)
-        if current is not None and current.decode() == self._value:
+        kv = self.registry.get_lease_kv(self.own.key)
+        if kv is not None and kv.value.decode() == self._value and kv.lease_id == self.lease_id:
             return self.own
-        return self._recover(current)
+        return self._recover(kv.value if kv is not None else None)
 
     def _recover(self, current: Optional[bytes]) -> Lease:
         key = self.own.key
         if current is not None:
             holder = _public_ip_of(current)
             if holder != self.own.attrs.public_ip:
-                raise LeaseLostError(
-                    f"subnet {key} is now leased to {holder or 'another node'}; pods on this "
-                    "node would have wrong addresses, stopping (restart to get a new subnet)")
-            lease_id, current = self.registry.renew_lease(key, current.decode(), self._value, self.ttl)
-            if lease_id is not None:
-                return self._held(key, lease_id)
+                raise LeaseLostError(f"subnet {key} is now leased to {holder or 'another node'}")
+            kv = self.registry.get_lease_kv(key)
+            if kv is not None:
+                if foreign_holder(HolderRecord(key, (self.lease_id,)), key, kv.lease_id):
+                    raise DuplicateHolderError(duplicate_holder_message(key, holder, kv.lease_id))
+                lease_id, current = self.registry.renew_lease(
+                    key, kv.value.decode(), self._value, self.ttl, held_by=kv.lease_id,
+                    lease_id=self._grant_recorded(key, kv.lease_id))
+                if lease_id is not None:
+                    return self._held(key, lease_id)
             if current is not None:
-                raise LeaseLostError(f"subnet {key} keeps changing under us; stopping")
+                raise LeaseLostError(f"subnet {key} keeps changing under us")
         log.warning("lease revoked or expired, taking it back subnet=%s", key)
-        lease_id = self.registry.create_lease(key, self._value, self.ttl)
+        lease_id = self.registry.create_lease(key, self._value, self.ttl,
+                                              lease_id=self._grant_recorded(key))
         if lease_id is None:
             return self._recover(self.registry.get_lease(key) or b"{}")
         log.info("took lease back subnet=%s", key)
@@ -242,5 +291,5 @@ def _public_ip_of(value: bytes) -> Optional[ipaddress.IPv4Address]:
         return None
 
 
-__all__ = ["LeaseManager", "LeaseError", "LeaseLostError", "RegistryError", "fits_config",
+__all__ = ["LeaseManager", "LeaseError", "LeaseLostError", "DuplicateHolderError", "RegistryError", "fits_config",
            "parse_lease", "parse_leases", "pick_free_subnet", "previous_subnet"]

@@ -21,7 +21,7 @@ from conf.daemon import DaemonSettings
 from conf.errors import CniError
 from conf.flannel import Lease, NetworkConfig, SubnetEnv, load_network_config, load_subnet_env, write_subnet_env
 from daemon.health import HealthServer
-from daemon.leases import LeaseError, LeaseLostError, LeaseManager
+from daemon.leases import DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager
 from daemon.logs import setup_logging
 from daemon.memory import limit_arenas
 from daemon.metrics import Metrics
@@ -34,6 +34,7 @@ from daemon.watch import LeaseWatcher
 log = logging.getLogger("flanneletted")
 
 CONFIG_RETRY = 1.0  # seconds between reads of a missing network config (flanneld: 1 s)
+DUPLICATE_RETRY = 10.0  # seconds between looks at a subnet another daemon with our IP holds
 
 
 class FatalError(Exception):
@@ -42,6 +43,14 @@ class FatalError(Exception):
 
 class Stopped(Exception):
     """SIGTERM/SIGINT arrived while a startup phase was waiting."""
+
+
+class _Waiting(Exception):
+    """Carries a DuplicateHolderError past _retrying, which ends the daemon on LeaseError."""
+
+    def __init__(self, error: DuplicateHolderError):
+        super().__init__(str(error))
+        self.error = error
 
 
 class Daemon:
@@ -77,10 +86,13 @@ class Daemon:
             self.backend = self.make_backend(node)
             attrs = self._dataplane("prepare the data plane", self.backend.prepare)
             self.leases = LeaseManager(self.registry, self.config, self.settings.lease_ttl,
-                                       self.settings.renew_margin_seconds)
-            own = self._retrying("acquire lease", lambda: self.leases.acquire(attrs, self._old_subnet_env()))
+                                       self.settings.renew_margin_seconds,
+                                       state_dir=self.settings.state_dir)
+            previous = self._old_subnet_env()
+            own = self.acquire_lease(attrs, previous)
             self._lease_changed(own)
             self._dataplane("configure the data plane", lambda: self.backend.configure(own))
+            self.check_previous_subnet(previous, own)
             masquerade = self._dataplane("install masquerade rules", lambda: self.setup_masquerade(own))
             self.write_subnet_env(own)
             self.start_loops(masquerade)
@@ -173,6 +185,67 @@ class Daemon:
             return make_backend(self.config, node, self.settings.state_dir)
         except DataplaneError as e:
             raise FatalError(str(e)) from None
+
+    def acquire_lease(self, attrs, previous: Optional[SubnetEnv]) -> Lease:
+        """The lease; while another daemon with our public IP holds ours, wait unready
+        (an ERROR line, the metric duplicate_public_ip = 1) instead of fighting over it."""
+        said = ""
+        while True:
+            try:
+                own = self._retrying("acquire lease", lambda: self._acquire_once(attrs, previous))
+            except _Waiting as waiting:
+                e = waiting.error
+                if str(e) != said:
+                    log.error("not taking the subnet: %s", e)
+                    said = str(e)
+                self.metrics.set("duplicate_public_ip", 1)
+                self._sleep(DUPLICATE_RETRY)
+                continue
+            self.metrics.set("duplicate_public_ip", 0)
+            return own
+
+    def _acquire_once(self, attrs, previous: Optional[SubnetEnv]) -> Lease:
+        try:
+            return self.leases.acquire(attrs, previous)
+        except DuplicateHolderError as e:  # past _retrying, which stops on a LeaseError
+            raise _Waiting(e) from None
+
+    def check_previous_subnet(self, previous: Optional[SubnetEnv], own: Lease) -> None:
+        """At start: subnet.env named another subnet (ours expired while we were down and
+        another node took it, or the config changed): say so and move cni0's gateway."""
+        old = previous.subnet.network if previous is not None and previous.subnet else None
+        if old is None or old == own.subnet:
+            return
+        from daemon.subnet_move import previous_holder
+        holder = previous_holder(self.leases.listing, old)
+        why = (f"{old} is leased to {holder} now" if holder else
+               f"{old} could not be taken again (outside the network config, or in use)")
+        self.follow_new_subnet(old, own, why)
+
+    def follow_new_subnet(self, old, own: Lease, why: str) -> None:
+        """The one WARNING line, the metric, and cni0's gateway moved to the new subnet."""
+        from daemon.subnet_move import bridge_gateways, move_bridge_gateway, subnet_moved_message
+        c, bridge = self.config, self.settings.cni_bridge
+        log.warning(subnet_moved_message(old, own.subnet, why, bridge))
+        self.metrics.inc("subnet_moves_total")
+        gateways = bridge_gateways((own.subnet if c.enable_ipv4 else None, own.ipv6_subnet),
+                                   (c.network if c.enable_ipv4 else None, c.ipv6_network))
+        removed = self._dataplane(f"move the gateway of {bridge}",
+                                  lambda: move_bridge_gateway(bridge, gateways))
+        if removed:
+            log.info("moved bridge gateway bridge=%s removed=%s", bridge, ",".join(removed))
+
+    def move_subnet(self, lost: LeaseLostError) -> Lease:
+        """Running, our subnet went to another node: take a new one and follow it."""
+        old = self.leases.own
+        own = self._retrying("acquire a new lease", self.leases.reacquire)
+        self._dataplane("configure the data plane", lambda: self.backend.configure(own))
+        self.follow_new_subnet(old.subnet, own, str(lost))
+        if self.reconciler is not None and self.reconciler.masquerade is not None:
+            self.reconciler.masquerade = self._dataplane("install masquerade rules",
+                                                         lambda: self.setup_masquerade(own))
+        self.write_subnet_env(own)
+        return own
 
     def _old_subnet_env(self) -> Optional[SubnetEnv]:
         try:
@@ -272,7 +345,9 @@ class Daemon:
                 retry_at = None
                 self._lease_changed(own)
             except LeaseLostError as e:
-                raise FatalError(str(e)) from None
+                own = self.move_subnet(e)
+                retry_at = None
+                self._lease_changed(own)
             except RegistryError as e:
                 self._own_key_touched |= touched
                 wait = min(60.0, self.settings.lease_ttl / 10)

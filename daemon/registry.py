@@ -21,7 +21,9 @@ from typing import Callable, Iterator, Optional
 import grpc
 import pyetcd
 from pyetcd import exceptions as etcd_exc
+from pyetcd import transactions as etcd_txn
 from pyetcd.client import EtcdTokenCallCredentials
+from pyetcd.etcdrpc import rpc_pb2
 
 from conf.daemon import DaemonSettings
 
@@ -38,6 +40,14 @@ GRPC_OPTIONS = [("grpc.keepalive_time_ms", 10000), ("grpc.keepalive_timeout_ms",
                 ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000),
                 ("grpc.use_local_subchannel_pool", 1)]
 REQUIRE_LEADER = ("hasleader", "true")
+
+
+class LeaseCompare(etcd_txn.BaseCompare):
+    """Compare a key's etcd lease ID (etcd >= 3.3; pyetcd has no helper for it)."""
+
+    def build_compare(self, compare):
+        compare.target = rpc_pb2.Compare.LEASE
+        compare.lease = int(self.value)
 
 
 class RegistryError(Exception):
@@ -249,9 +259,10 @@ class Registry:
         """Seconds left on an etcd lease; -1 when it no longer exists."""
         return self._call(lambda c: c.get_lease_info(lease_id)).TTL
 
-    def create_lease(self, key: str, value: str, ttl: int) -> Optional[int]:
-        """Create key only if absent, on a fresh TTL lease; None if someone holds it."""
-        lease_id = self.grant(ttl)
+    def create_lease(self, key: str, value: str, ttl: int, lease_id: int = 0) -> Optional[int]:
+        """Create key only if absent, on a fresh TTL lease (or `lease_id`, granted by the
+        caller); None if someone holds it."""
+        lease_id = lease_id or self.grant(ttl)
         full = self.subnets_prefix + key
 
         def txn(c):
@@ -265,19 +276,26 @@ class Registry:
             return None
         return lease_id
 
-    def renew_lease(self, key: str, expected: str, value: str, ttl: int) -> tuple[Optional[int], Optional[bytes]]:
-        """Re-put our lease on a fresh TTL lease if it still holds `expected`.
+    def renew_lease(self, key: str, expected: str, value: str, ttl: int,
+                    held_by: Optional[int] = None,
+                    lease_id: int = 0) -> tuple[Optional[int], Optional[bytes]]:
+        """Re-put our lease on a fresh TTL lease (or `lease_id`) if it still holds `expected`
+        and, with `held_by`, is still attached to that etcd lease.
 
         Returns (new lease id, None) on success, else (None, current value or None if absent):
         flannel's renewal is an unconditional put, which could overwrite a node that took the
-        subnet meanwhile; the compare avoids that.
+        subnet meanwhile, or another daemon with our public IP (same value): the compares
+        avoid both.
         """
-        lease_id = self.grant(ttl)
+        lease_id = lease_id or self.grant(ttl)
         full = self.subnets_prefix + key
 
         def txn(c):
             t = c.transactions
-            return c.transaction(compare=[t.value(full) == expected],
+            compare = [t.value(full) == expected]
+            if held_by is not None:
+                compare.append(LeaseCompare(full) == held_by)
+            return c.transaction(compare=compare,
                                  success=[t.put(full, value, lease=lease_id)],
                                  failure=[t.get(full)])
 
@@ -291,6 +309,13 @@ class Registry:
     def get_lease(self, key: str) -> Optional[bytes]:
         value, _ = self._call(lambda c: c.get(self.subnets_prefix + key))
         return value
+
+    def get_lease_kv(self, key: str) -> Optional[KeyValue]:
+        """The key with its etcd lease ID (who put it), or None when absent."""
+        value, meta = self._call(lambda c: c.get(self.subnets_prefix + key))
+        if value is None or meta is None:
+            return None
+        return KeyValue(key, value, meta.lease_id, meta.mod_revision)
 
     def delete_lease(self, key: str) -> None:
         self._call(lambda c: c.delete(self.subnets_prefix + key))

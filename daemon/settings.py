@@ -45,6 +45,7 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("healthz-port", "str", "port for /healthz, /readyz and /metrics (0 = off)"),
     ("subnet-lease-renew-margin", "str", "minutes before expiry to renew the lease (1..1439, 60)"),
     ("cni-socket", "str", "unix socket of the CNI fast path ('' = off)"),
+    ("cni-bridge", "str", "the pods' bridge, re-addressed when the subnet changes (default cni0)"),
     ("state-dir", "str", "daemon state (VTEP MAC), default /var/lib/flannelette"),
     ("lease-ttl", "str", "lease TTL in seconds (default 86400)"),
     ("reconcile-interval", "str", "seconds between periodic reconciles (default 10)"),

@@ -123,15 +123,99 @@ def test_a_revoked_lease_is_taken_back_with_the_same_subnet(underlay):
     assert "lease revoked or expired, taking it back" in node.log()
 
 
-def test_a_subnet_now_held_by_another_node_stops_the_daemon_clearly(underlay):
+def _bridge_with_gateway(node, env) -> None:
+    """cni0 as the plugin leaves it: a bridge holding the subnet's gateway (.1)."""
+    node.ns.run("ip", "link", "add", "cni0", "type", "bridge")
+    node.ns.run("ip", "addr", "add", str(env.subnet), "dev", "cni0")
+    node.ns.run("ip", "link", "set", "cni0", "up")
+
+
+def _bridge_addresses(node) -> list[str]:
+    return [f"{a['local']}/{a['prefixlen']}" for link in node.ip_json("addr", "show", "dev", "cni0")
+            for a in link["addr_info"] if a["family"] == "inet"]
+
+
+def _moved_line(node, old, new) -> str:
+    lines = [line for line in node.log().splitlines() if "subnet moved from" in line]
+    assert len(lines) == 1, node.log()
+    assert "level=warning" in lines[0] and str(old) in lines[0] and str(new) in lines[0]
+    assert "delete or restart" in lines[0]
+    return lines[0]
+
+
+def _taken_by_another_node(u: Underlay, key: str, ip: str = "10.77.0.99") -> None:
+    """Another node holds `key` now: its own TTL lease, its PublicIP."""
+    lease = json.loads(u.etcd.ctl("lease", "grant", "600", "-w", "json").stdout)["ID"]
+    u.etcd.ctl("put", "--lease", format(lease, "x"), SUBNETS + key,
+               json.dumps({"PublicIP": ip, "BackendType": "alloc"}))
+
+
+def test_a_running_node_whose_subnet_another_node_took_moves_to_a_new_one(underlay):
     node = underlay.node().start()
     env = node.wait_ready()
-    key = f"{env.subnet.network.network_address}-24"
-    underlay.etcd.put(SUBNETS + key, '{"PublicIP":"10.77.0.99","BackendType":"alloc"}')
-    assert node.wait_exit() == 1
-    last = node.log().strip().splitlines()[-1]
-    assert last.startswith("flanneletted: subnet ") and "now leased to 10.77.0.99" in last
+    _bridge_with_gateway(node, env)
+    old = env.subnet.network
+    key = f"{old.network_address}-24"
+    since = time.time()
+    _taken_by_another_node(underlay, key)
+    new_env = node.wait_ready(since=since)
+    new = new_env.subnet.network
+    assert new != old and node.proc.poll() is None
+    assert leases(underlay)[key]["PublicIP"] == "10.77.0.99"  # left to its new holder
+    assert leases(underlay)[f"{new.network_address}-24"]["PublicIP"] == node.ip
+    _moved_line(node, old, new)
+    assert "10.77.0.99" in _moved_line(node, old, new)
+    wait_for("cni0 on the new gateway", lambda: _bridge_addresses(node) == [str(new_env.subnet)],
+             node=node)
+    assert node.metric("subnet_moves_total") == 1 and node.http("/readyz")[0] == 200
     assert "Traceback" not in node.log()
+
+
+def test_a_node_returning_to_a_subnet_another_node_took_starts_on_a_new_one(underlay):
+    node = underlay.node().start()
+    env = node.wait_ready()
+    _bridge_with_gateway(node, env)
+    old = env.subnet.network
+    key = f"{old.network_address}-24"
+    node.stop()
+    underlay.etcd.ctl("del", SUBNETS + key)  # expired while the node was away ...
+    _taken_by_another_node(underlay, key)  # ... and another node took the subnet
+    since = time.time()
+    new_env = node.start().wait_ready(since=since)
+    new = new_env.subnet.network
+    assert new != old
+    assert leases(underlay)[key]["PublicIP"] == "10.77.0.99"
+    line = _moved_line(node, old, new)
+    assert f"{old} is leased to 10.77.0.99" in line
+    assert _bridge_addresses(node) == [str(new_env.subnet)]
+    assert node.metric("subnet_moves_total") == 1
+
+
+def test_two_daemons_with_one_public_ip_settle_on_one_holder(underlay):
+    """The second daemon (no record of its own) takes the key, as flannel would; the first
+    sees its etcd lease replaced, exits with one line, and restarted stays unready with a
+    metric instead of taking the subnet back; the holder's lease is never overwritten."""
+    first = underlay.node().start()
+    env = first.wait_ready()
+    key = f"{env.subnet.network.network_address}-24"
+    second = underlay.node().start("--public-ip", first.ip)
+    assert second.wait_ready().subnet == env.subnet
+    started = time.monotonic()
+    assert first.wait_exit(timeout=20) == 1
+    settled = time.monotonic() - started
+    last = first.log().strip().splitlines()[-1]
+    assert "two daemons share one public IP" in last and "Traceback" not in first.log()
+    holder = _lease_id(underlay, key)
+    first.proc = None
+    first.start()
+    wait_for("the duplicate metric", lambda: first.metric("duplicate_public_ip") == 1, node=first)
+    assert first.http("/readyz")[0] != 200
+    time.sleep(2)
+    assert _lease_id(underlay, key) == holder and second.proc.poll() is None
+    print(f"\ntwo daemons, one public IP: settled {settled:.1f}s after the second started")
+    second.stop()
+    underlay.etcd.ctl("lease", "revoke", format(holder, "x"))  # the other daemon is gone
+    first.wait_ready(timeout=30)  # its next look finds the subnet free
 
 
 def test_short_ttl_leases_are_renewed_before_they_expire(underlay):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from conf.flannel import LeaseAttrs, SubnetEnv, load_network_config
-from daemon.leases import (LeaseError, LeaseLostError, LeaseManager, fits_config, parse_leases,
+from daemon.leases import (DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager, fits_config, parse_leases,
                            pick_free_subnet, previous_subnet)
 from daemon.registry import KeyValue
 
@@ -37,23 +37,26 @@ class FakeRegistry:
         self.next_id += 1
         return self.next_id
 
-    def create_lease(self, key, value, ttl):
+    def create_lease(self, key, value, ttl, lease_id=0):
         if key in self.steal_on_create:
             self.kv[key] = (self.steal_on_create.pop(key), 1)
         if key in self.kv:
             return None
-        self.kv[key] = (value, self.grant(ttl))
+        self.kv[key] = (value, lease_id or self.grant(ttl))
         return self.kv[key][1]
 
-    def renew_lease(self, key, expected, value, ttl):
+    def renew_lease(self, key, expected, value, ttl, held_by=None, lease_id=0):
         current = self.kv.get(key)
-        if current is None or current[0] != expected:
+        if current is None or current[0] != expected or held_by not in (None, current[1]):
             return None, current[0].encode() if current else None
-        self.kv[key] = (value, self.grant(ttl))
+        self.kv[key] = (value, lease_id or self.grant(ttl))
         return self.kv[key][1], None
 
     def get_lease(self, key):
         return self.kv[key][0].encode() if key in self.kv else None
+
+    def get_lease_kv(self, key):
+        return KeyValue(key, self.kv[key][0].encode(), self.kv[key][1], 1) if key in self.kv else None
 
     def delete_lease(self, key):
         self.kv.pop(key, None)
@@ -62,8 +65,10 @@ class FakeRegistry:
         self.revoked.append(lease_id)
 
 
-def manager(reg, config=CONFIG, seed=1, ttl=86400, margin=3600, clock=lambda: 1000.0):
-    return LeaseManager(reg, config, ttl, margin, rng=random.Random(seed), clock=clock)
+def manager(reg, config=CONFIG, seed=1, ttl=86400, margin=3600, clock=lambda: 1000.0,
+            state_dir=""):
+    return LeaseManager(reg, config, ttl, margin, rng=random.Random(seed), clock=clock,
+                        state_dir=state_dir)
 
 
 def test_a_new_node_gets_a_free_subnet_inside_min_max_and_the_lease_json():
@@ -185,7 +190,7 @@ def test_a_revoked_lease_is_taken_back_with_the_same_subnet():
     assert mgr.renew().subnet == own.subnet  # renewal finds it gone too: same answer
 
 
-def test_a_subnet_taken_by_another_node_stops_the_daemon_with_a_clear_error():
+def test_a_subnet_taken_by_another_node_is_lost_and_a_new_one_acquired():
     reg = FakeRegistry()
     mgr = manager(reg)
     own = mgr.acquire(attrs("192.168.1.10"))
@@ -194,15 +199,49 @@ def test_a_subnet_taken_by_another_node_stops_the_daemon_with_a_clear_error():
         mgr.ensure_held()
     with pytest.raises(LeaseLostError):
         mgr.renew()
+    new = mgr.reacquire()
+    assert new.subnet != own.subnet and mgr.own == new
+    assert "192.168.1.99" in reg.kv[own.key][0] and "192.168.1.10" in reg.kv[new.key][0]
 
 
-def test_our_key_rewritten_with_our_public_ip_is_adopted_back():
+def test_our_key_rewritten_by_hand_with_our_public_ip_is_adopted_back():
     reg = FakeRegistry()
     mgr = manager(reg)
     own = mgr.acquire(attrs("192.168.1.10"))
-    reg.kv[own.key] = (attrs("192.168.1.10", mac="aa:00:00:00:00:09").dump_json(), 7)
+    reg.kv[own.key] = (attrs("192.168.1.10", mac="aa:00:00:00:00:09").dump_json(), 0)  # etcdctl put
     mgr.ensure_held()
     assert "aa:bb:cc:00:00:01" in reg.kv[own.key][0]
+
+
+def test_our_key_put_by_another_daemon_with_our_public_ip_is_left_to_it(tmp_path):
+    reg = FakeRegistry()
+    ours = manager(reg, state_dir=str(tmp_path / "a"))
+    own = ours.acquire(attrs("192.168.1.10"))
+    theirs = manager(reg, state_dir=str(tmp_path / "b")).acquire(attrs("192.168.1.10", mac="aa:00:00:00:00:09"))
+    assert theirs.key == own.key  # no record of its own: it takes the key, as flannel would
+    taken = reg.kv[own.key]
+    with pytest.raises(DuplicateHolderError, match="two daemons share one public IP"):
+        ours.ensure_held()
+    with pytest.raises(DuplicateHolderError):
+        ours.renew()  # the compare on our etcd lease fails: no overwrite of the other's put
+    assert reg.kv[own.key] == taken
+    restarted = manager(reg, state_dir=str(tmp_path / "a"))
+    with pytest.raises(DuplicateHolderError):  # its record names another etcd lease
+        restarted.acquire(attrs("192.168.1.10"))
+    assert reg.kv[own.key] == taken
+
+
+def test_a_restart_reuses_the_key_it_recorded_even_after_a_crash_mid_renewal(tmp_path):
+    reg = FakeRegistry()
+    mgr = manager(reg, state_dir=str(tmp_path))
+    own = mgr.acquire(attrs("192.168.1.10"))
+    mgr._grant_recorded(own.key)  # a renewal's new lease recorded, then SIGKILL before the put
+    assert manager(reg, state_dir=str(tmp_path)).acquire(attrs("192.168.1.10")).key == own.key
+    next_id = reg.next_id + 1  # the put happened before the crash: the key carries the new ID
+    mgr2 = manager(reg, state_dir=str(tmp_path))
+    mgr2._grant_recorded(own.key, reg.kv[own.key][1])
+    reg.kv[own.key] = (reg.kv[own.key][0], next_id)
+    assert manager(reg, state_dir=str(tmp_path)).acquire(attrs("192.168.1.10")).key == own.key
 
 
 def test_ipv6_only_networks_are_refused_clearly():

@@ -1,0 +1,79 @@
+"""When this node's subnet changes: the operator's line and the bridge's gateway.
+
+A node returning after its lease expired may find its subnet leased to another node
+(flannel #1289, #1343); a running node may see the same when its lease was revoked and
+someone else took the subnet. It must then stop using the old subnet: the daemon takes a
+new one, rewrites subnet.env, and moves cni0's gateway to the new subnet, so the plugin's
+next ADD finds the gateway it expects (not error 102) and no route to the old subnet is
+left pointing into this node's bridge while another node owns it. Pods still holding an
+old-subnet address are not reachable from the cluster any more: they must be deleted or
+restarted (their CNI DEL still works), which the warning says.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Optional
+
+from cni_plugin import rtnl
+from daemon import links
+
+log = logging.getLogger("flanneletted")
+
+
+def subnet_moved_message(old, new, why: str, bridge: str) -> str:
+    """The one WARNING line: old and new subnet, why, and what the operator must do."""
+    where = f" and {bridge}'s gateway" if bridge else ""
+    return (f"this node's subnet moved from {old} to {new}: {why}. subnet.env{where} now use "
+            f"{new}; pods still holding {old} addresses are no longer routed: delete or restart "
+            "them (kubectl delete pod, or restart their sandboxes) so they get new addresses")
+
+
+def bridge_gateways(subnets, networks) -> dict[int, tuple]:
+    """family -> (gateway interface, cluster network) for each subnet given (v4, v6 or None)."""
+    out = {}
+    for subnet, network in zip(subnets, networks):
+        if subnet is None or network is None:
+            continue
+        family = socket.AF_INET if subnet.version == 4 else socket.AF_INET6
+        gateway = ipaddress.ip_interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+        out[family] = (gateway, ipaddress.ip_network(network))
+    return out
+
+
+def move_bridge_gateway(bridge: str, gateways: dict) -> list[str]:
+    """On `bridge` (when it exists), drop every address inside the cluster network that is
+    not the new gateway and add the new gateway; returns what was removed, as text."""
+    if not bridge:
+        return []
+    sock = rtnl.RtnlSocket()
+    try:
+        link = links.get_link(sock, name=bridge)
+        if link is None or link.kind != "bridge":
+            return []
+        removed = []
+        for family, (gateway, network) in gateways.items():
+            have = False
+            for a in links.addresses(sock, family, link.index):
+                addr = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
+                if addr == gateway:
+                    have = True
+                elif addr.ip in network:
+                    links.delete_address(sock, link.index, a.address, a.prefixlen)
+                    removed.append(str(addr))
+            if not have:
+                links.add_address(sock, link.index, str(gateway.ip), gateway.network.prefixlen)
+        return removed
+    finally:
+        sock.close()
+
+
+def previous_holder(listing, old_subnet) -> Optional[str]:
+    """Who holds `old_subnet` in an acquisition listing (revision, kvs, parsed), if anyone."""
+    if listing is None:
+        return None
+    for lease in listing[2].values():
+        if lease.subnet == old_subnet:
+            return str(lease.attrs.public_ip)
+    return None
