@@ -45,14 +45,6 @@ class Stopped(Exception):
     """SIGTERM/SIGINT arrived while a startup phase was waiting."""
 
 
-class _Waiting(Exception):
-    """Carries a DuplicateHolderError past _retrying, which ends the daemon on LeaseError."""
-
-    def __init__(self, error: DuplicateHolderError):
-        super().__init__(str(error))
-        self.error = error
-
-
 class Daemon:
     def __init__(self, settings: DaemonSettings):
         self.settings = settings
@@ -192,9 +184,8 @@ class Daemon:
         said = ""
         while True:
             try:
-                own = self._retrying("acquire lease", lambda: self._acquire_once(attrs, previous))
-            except _Waiting as waiting:
-                e = waiting.error
+                own = self._retrying("acquire lease", lambda: self.leases.acquire(attrs, previous))
+            except DuplicateHolderError as e:
                 if str(e) != said:
                     log.error("not taking the subnet: %s", e)
                     said = str(e)
@@ -204,36 +195,21 @@ class Daemon:
             self.metrics.set("duplicate_public_ip", 0)
             return own
 
-    def _acquire_once(self, attrs, previous: Optional[SubnetEnv]) -> Lease:
-        try:
-            return self.leases.acquire(attrs, previous)
-        except DuplicateHolderError as e:  # past _retrying, which stops on a LeaseError
-            raise _Waiting(e) from None
-
     def check_previous_subnet(self, previous: Optional[SubnetEnv], own: Lease) -> None:
         """At start: subnet.env named another subnet (ours expired while we were down and
         another node took it, or the config changed): say so and move cni0's gateway."""
+        from daemon.subnet_move import why_not_previous
         old = previous.subnet.network if previous is not None and previous.subnet else None
-        if old is None or old == own.subnet:
-            return
-        from daemon.subnet_move import previous_holder
-        holder = previous_holder(self.leases.listing, old)
-        why = (f"{old} is leased to {holder} now" if holder else
-               f"{old} could not be taken again (outside the network config, or in use)")
-        self.follow_new_subnet(old, own, why)
+        if old is not None and old != own.subnet:
+            self.follow_new_subnet(old, own, why_not_previous(self.leases.listing, old))
 
     def follow_new_subnet(self, old, own: Lease, why: str) -> None:
         """The one WARNING line, the metric, and cni0's gateway moved to the new subnet."""
-        from daemon.subnet_move import bridge_gateways, move_bridge_gateway, subnet_moved_message
-        c, bridge = self.config, self.settings.cni_bridge
-        log.warning(subnet_moved_message(old, own.subnet, why, bridge))
+        from daemon.subnet_move import follow_new_subnet
         self.metrics.inc("subnet_moves_total")
-        gateways = bridge_gateways((own.subnet if c.enable_ipv4 else None, own.ipv6_subnet),
-                                   (c.network if c.enable_ipv4 else None, c.ipv6_network))
-        removed = self._dataplane(f"move the gateway of {bridge}",
-                                  lambda: move_bridge_gateway(bridge, gateways))
-        if removed:
-            log.info("moved bridge gateway bridge=%s removed=%s", bridge, ",".join(removed))
+        self._dataplane(f"move the gateway of {self.settings.cni_bridge}",
+                        lambda: follow_new_subnet(self.config, self.settings.cni_bridge, old,
+                                                  own, why))
 
     def move_subnet(self, lost: LeaseLostError) -> Lease:
         """Running, our subnet went to another node: take a new one and follow it."""
@@ -378,6 +354,8 @@ class Daemon:
                 log.warning("etcd unavailable, retrying what=%r seconds=%.1f error=%s", what, delay, e)
                 self.metrics.inc("errors_total", where="etcd")
                 self.registry.reset()
+            except DuplicateHolderError:
+                raise  # acquire_lease waits on it
             except LeaseError as e:
                 raise FatalError(str(e)) from None
             self._sleep(delay)

@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     "lease_renewals_total": ("counter", "Successful renewals of this node's lease."),
     "lease_takebacks_total": ("counter", "Times this node's lease was revoked or expired and taken back."),
     "lease_expiration_timestamp_seconds": ("gauge", "When this node's lease expires (unix time)."),
+    "subnet_moves_total": ("counter", "Times this node moved to a new subnet because another node held its own."),
+    "duplicate_public_ip": ("gauge", "1 while another daemon with our public IP holds our subnet (we wait)."),
     "masquerade_repairs_total": ("counter", "Times missing masquerade rules were re-installed."),
     "ready": ("gauge", "1 once subnet.env is written."),
 }

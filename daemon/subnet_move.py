@@ -69,11 +69,21 @@ def move_bridge_gateway(bridge: str, gateways: dict) -> list[str]:
         sock.close()
 
 
-def previous_holder(listing, old_subnet) -> Optional[str]:
-    """Who holds `old_subnet` in an acquisition listing (revision, kvs, parsed), if anyone."""
-    if listing is None:
-        return None
-    for lease in listing[2].values():
+def follow_new_subnet(config, bridge: str, old, own, why: str) -> None:
+    """Say that the subnet moved (WARNING) and move `bridge`'s gateway along."""
+    log.warning(subnet_moved_message(old, own.subnet, why, bridge))
+    gateways = bridge_gateways((own.subnet if config.enable_ipv4 else None, own.ipv6_subnet),
+                               (config.network if config.enable_ipv4 else None,
+                                config.ipv6_network))
+    removed = move_bridge_gateway(bridge, gateways)
+    if removed:
+        log.info("moved bridge gateway bridge=%s removed=%s", bridge, ",".join(removed))
+
+
+def why_not_previous(listing, old_subnet) -> str:
+    """Why the subnet of the last subnet.env was not taken again, from an acquisition
+    listing (revision, kvs, parsed): who holds it now, if anyone."""
+    for lease in (listing[2].values() if listing is not None else ()):
         if lease.subnet == old_subnet:
-            return str(lease.attrs.public_ip)
-    return None
+            return f"{old_subnet} is leased to {lease.attrs.public_ip} now"
+    return f"{old_subnet} could not be taken again (outside the network config, or in use)"
