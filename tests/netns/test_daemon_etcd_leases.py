@@ -130,6 +130,14 @@ def _bridge_with_gateway(node, env) -> None:
     node.ns.run("ip", "link", "set", "cni0", "up")
 
 
+def _node_with_bridge(u: Underlay):
+    """A ready node with cni0 on its gateway; (node, its subnet, its lease key)."""
+    node = u.node().start()
+    env = node.wait_ready()
+    _bridge_with_gateway(node, env)
+    return node, env.subnet.network, f"{env.subnet.network.network_address}-24"
+
+
 def _bridge_addresses(node) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for link in node.ip_json("addr", "show", "dev", "cni0")
             for a in link["addr_info"] if a["family"] == "inet"]
@@ -151,11 +159,7 @@ def _taken_by_another_node(u: Underlay, key: str, ip: str = "10.77.0.99") -> Non
 
 
 def test_a_running_node_whose_subnet_another_node_took_moves_to_a_new_one(underlay):
-    node = underlay.node().start()
-    env = node.wait_ready()
-    _bridge_with_gateway(node, env)
-    old = env.subnet.network
-    key = f"{old.network_address}-24"
+    node, old, key = _node_with_bridge(underlay)
     since = time.time()
     _taken_by_another_node(underlay, key)
     new_env = node.wait_ready(since=since)
@@ -163,7 +167,6 @@ def test_a_running_node_whose_subnet_another_node_took_moves_to_a_new_one(underl
     assert new != old and node.proc.poll() is None
     assert leases(underlay)[key]["PublicIP"] == "10.77.0.99"  # left to its new holder
     assert leases(underlay)[f"{new.network_address}-24"]["PublicIP"] == node.ip
-    _moved_line(node, old, new)
     assert "10.77.0.99" in _moved_line(node, old, new)
     wait_for("cni0 on the new gateway", lambda: _bridge_addresses(node) == [str(new_env.subnet)],
              node=node)
@@ -172,11 +175,7 @@ def test_a_running_node_whose_subnet_another_node_took_moves_to_a_new_one(underl
 
 
 def test_a_node_returning_to_a_subnet_another_node_took_starts_on_a_new_one(underlay):
-    node = underlay.node().start()
-    env = node.wait_ready()
-    _bridge_with_gateway(node, env)
-    old = env.subnet.network
-    key = f"{old.network_address}-24"
+    node, old, key = _node_with_bridge(underlay)
     node.stop()
     underlay.etcd.ctl("del", SUBNETS + key)  # expired while the node was away ...
     _taken_by_another_node(underlay, key)  # ... and another node took the subnet
