@@ -291,5 +291,5 @@ def _public_ip_of(value: bytes) -> Optional[ipaddress.IPv4Address]:
         return None
 
 
-__all__ = ["LeaseManager", "LeaseError", "LeaseLostError", "DuplicateHolderError", "RegistryError", "fits_config",
-           "parse_lease", "parse_leases", "pick_free_subnet", "previous_subnet"]
+__all__ = ["LeaseManager", "LeaseError", "LeaseLostError", "DuplicateHolderError", "RegistryError",
+           "fits_config", "parse_lease", "parse_leases", "pick_free_subnet", "previous_subnet"]

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from conf.flannel import LeaseAttrs, SubnetEnv, load_network_config
-from daemon.leases import (DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager, fits_config, parse_leases,
-                           pick_free_subnet, previous_subnet)
+from daemon.leases import (DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager,
+                           fits_config, parse_leases, pick_free_subnet, previous_subnet)
 from daemon.registry import KeyValue
 
 CONFIG = load_network_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
@@ -56,7 +56,9 @@ class FakeRegistry:
         return self.kv[key][0].encode() if key in self.kv else None
 
     def get_lease_kv(self, key):
-        return KeyValue(key, self.kv[key][0].encode(), self.kv[key][1], 1) if key in self.kv else None
+        if key not in self.kv:
+            return None
+        return KeyValue(key, self.kv[key][0].encode(), self.kv[key][1], 1)
 
     def delete_lease(self, key):
         self.kv.pop(key, None)
@@ -217,7 +219,8 @@ def test_our_key_put_by_another_daemon_with_our_public_ip_is_left_to_it(tmp_path
     reg = FakeRegistry()
     ours = manager(reg, state_dir=str(tmp_path / "a"))
     own = ours.acquire(attrs("192.168.1.10"))
-    theirs = manager(reg, state_dir=str(tmp_path / "b")).acquire(attrs("192.168.1.10", mac="aa:00:00:00:00:09"))
+    theirs = manager(reg, state_dir=str(tmp_path / "b")).acquire(
+        attrs("192.168.1.10", mac="aa:00:00:00:00:09"))
     assert theirs.key == own.key  # no record of its own: it takes the key, as flannel would
     taken = reg.kv[own.key]
     with pytest.raises(DuplicateHolderError, match="two daemons share one public IP"):
