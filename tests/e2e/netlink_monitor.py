@@ -76,6 +76,8 @@ def touches_data_plane(event: dict, network: str, devices: dict[int, str],
     """True for an event about what the daemon programs: its devices (`devices`, by ifindex)
     with their addresses, neighbours and FDB entries, and routes into the cluster network
     other than the local bridge's (pod ARP entries on cni0 move with traffic, untouched)."""
+    if str(event.get("IFA_ADDRESS", "")).startswith("fe80:"):
+        return False  # the kernel's link-local address (its DAD ends a moment after link up)
     name = event.get("IFLA_IFNAME") or event.get("IFA_LABEL")
     if event["index"] in devices or name in devices.values():
         return True
