@@ -218,6 +218,7 @@ class Daemon:
         self._dataplane("configure the data plane", lambda: self.backend.configure(own))
         self.follow_new_subnet(old.subnet, own, str(lost))
         if self.reconciler is not None and self.reconciler.masquerade is not None:
+            self.reconciler.masquerade = None  # its tick must not restore the old subnet's rules
             self.reconciler.masquerade = self._dataplane("install masquerade rules",
                                                          lambda: self.setup_masquerade(own))
         self.write_subnet_env(own)

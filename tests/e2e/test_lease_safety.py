@@ -52,14 +52,16 @@ def test_a_node_whose_subnet_was_taken_while_down_comes_back_on_a_new_one(make_c
     _take(cluster, new)  # now while the daemon runs
     node.wait_ready(since=since)
     third = node.subnet
-    assert third not in (old, new) and node.proc is not None and node.proc.poll() is None
+    why = f"\n{cluster.diagnostics()}"
+    assert third not in (old, new) and node.proc is not None and node.proc.poll() is None, why
     cluster.wait_converged()
     recovered = time.monotonic() - started
     latest = cluster.add_pod(node)
-    assert ipaddress.ip_address(latest.ip) in third
-    assert latest.ping(remote.ip, wait=2) and remote.ping(latest.ip, wait=2)
+    assert ipaddress.ip_address(latest.ip) in third, why
+    assert latest.ping(remote.ip, wait=2) and remote.ping(latest.ip, wait=2), \
+        f"\n{cluster.diagnostics()}"
     masq = node.ns.out("iptables-nft-save", "-t", "nat")
-    assert f"-s {third} -d {cluster.spec.network}" in masq and str(new) not in masq
+    assert f"-s {third} -d {cluster.spec.network}" in masq and str(new) not in masq, masq
     print(f"subnet taken while running: {new} -> {third}, new pods reachable "
           f"{recovered:.1f}s after the takeover")
 
