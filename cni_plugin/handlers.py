@@ -1,8 +1,8 @@
 """The `flannelette` plugin's CNI verbs, each a script of named steps.
 
 ADD: load config -> load subnet.env -> open the pod netns -> check the pod's ifname
--> ensure bridge -> setup veth -> ipam add -> configure pod iface -> save state ->
-result. Every step that changes something registers its undo on an ExitStack, so an
+-> ensure bridge -> save state (intent) -> setup veth -> ipam add -> configure pod
+iface -> save state (with the result) -> result. Every step that changes something registers its undo on an ExitStack, so an
 ADD failing anywhere leaves no veth and no allocation behind.
 
 The handlers are thread-safe: the daemon calls them concurrently on pool threads.
@@ -24,7 +24,8 @@ from cni_plugin.check import verify_attachment
 from cni_plugin.ipam_client import call_ipam, ipam_config
 from cni_plugin.plan import bridge_gateways, build_result, effective_mtu, plan_pod
 from cni_plugin.podns import host_netlink, netlink_in, pod_netns_fd
-from cni_plugin.state import AttachmentState, list_states, load_state, remove_state, save_state
+from cni_plugin.state import (AttachmentState, list_staging, list_states, load_state, remove_staging,
+                              remove_state, save_state)
 
 log = logging.getLogger("flannelette")
 
@@ -53,6 +54,12 @@ def cmd_add(req: Request) -> Result:
             contextlib.closing(netlink_in(pod_fd)) as pod, contextlib.ExitStack() as undo:
         links.check_pod_ifname_free(ipr, pod, ifname, host_name, netns)
         bridge = links.ensure_bridge(ipr, conf.bridge, mtu, bridge_gateways(subnet_env))
+        # Written ahead of the veth and the address, completed with the result at the end:
+        # whatever moment a kill stops this ADD at, GC finds what it made.
+        state = AttachmentState(container_id=cid, ifname=ifname, netns=netns, host_veth=host_name,
+                                bridge=conf.bridge, ipam=ipam_raw["ipam"], config=req.raw)
+        save_state(conf.data_dir, conf.name, state)
+        undo.callback(_best_effort, "forget the attachment", remove_state, conf.data_dir, conf.name, cid, ifname)
         host, pod_mac = links.setup_veth(ipr, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode)
         undo.callback(_best_effort, f"delete {host_name}", links.delete_link, ipr, host_name)
         ipam_result = call_ipam(req.env, "ADD", ipam_raw) or Result()
@@ -63,9 +70,8 @@ def cmd_add(req: Request) -> Result:
         links.configure_pod_iface(pod, ifname, plan.addresses, plan.routes)
         result = build_result(conf, plan, ipam_result, bridge_mac=bridge.mac, host_veth=host_name,
                               host_mac=host.mac, ifname=ifname, pod_mac=pod_mac, netns=netns, mtu=mtu)
-        save_state(conf.data_dir, conf.name, AttachmentState(
-            container_id=cid, ifname=ifname, netns=netns, host_veth=host_name, bridge=conf.bridge,
-            ipam=ipam_raw["ipam"], config=req.raw, result=result.model_dump(by_alias=True)))
+        state.result = result.model_dump(by_alias=True)
+        save_state(conf.data_dir, conf.name, state)
         undo.pop_all()
     return result
 
@@ -123,6 +129,9 @@ def cmd_gc(req: Request) -> None:
     valid = {(a.container_id, a.ifname) for a in attachments}
     ipr = host_netlink()
     failures: list[CniError] = []
+    for cid, ifname in list_staging(conf.data_dir, conf.name):  # a save killed half-way
+        if (cid, ifname) not in valid:
+            remove_staging(conf.data_dir, conf.name, cid, ifname)
     for state in list_states(conf.data_dir, conf.name):
         if (state.container_id, state.ifname) in valid:
             continue

@@ -107,22 +107,45 @@ def load_state(data_dir: str, network: str, container_id: str, ifname: str) -> O
     return _read(state_path(data_dir, network, container_id, ifname))
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_state(data_dir: str, network: str, container_id: str, ifname: str) -> None:
     path = state_path(data_dir, network, container_id, ifname)
-    for leftover in (path, _staging_path(path)):
-        try:
-            os.unlink(leftover)
-        except FileNotFoundError:
-            pass
+    _unlink(path)
+    _unlink(_staging_path(path))
+
+
+def remove_staging(data_dir: str, network: str, container_id: str, ifname: str) -> None:
+    _unlink(_staging_path(state_path(data_dir, network, container_id, ifname)))
+
+
+def list_staging(data_dir: str, network: str) -> list[tuple[str, str]]:
+    """(container id, ifname) of every staging file: a save killed before its rename.
+    The name says whose it is, so GC can drop it even when no state file was ever written."""
+    out = []
+    for name in _names(network_dir(data_dir, network)):
+        if name.startswith(".") and name.endswith(".json.tmp"):
+            container_id, sep, ifname = name[1:-len(".json.tmp")].partition(":")
+            if sep:
+                out.append((container_id, ifname))
+    return out
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
 
 
 def list_states(data_dir: str, network: str) -> Iterator[AttachmentState]:
     directory = network_dir(data_dir, network)
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return
-    for name in names:
+    for name in _names(directory):
         if name.endswith(".json") and not name.startswith("."):
             state = _read(os.path.join(directory, name))
             if state is not None:

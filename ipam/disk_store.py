@@ -10,7 +10,7 @@ Layout of `<dataDir>/<network name>/`:
 Crash safety: a reservation is written under a temporary name, then link()ed to
 `<ip>`; link fails when the name exists, so the claim is exclusive, and the name
 never exists with partial content. A kill leaves at most a `.<ip>.*` temporary
-file, which never blocks an address and which GC removes.
+file, which never blocks an address and which the next operation (ADD, DEL, GC) removes.
 Sync: one fdatasync per reservation (~4 ms on ext4, after the lock is dropped) before
 ADD returns; no directory fsync: a link lost to a power cut only frees the address.
 The round-robin hint is rewritten in place (a rename over it makes ext4 flush).
@@ -143,8 +143,13 @@ class DiskStore:
             return []
         try:  # names relative to the directory's fd: a fifth less time than full paths
             for name in os.listdir(dir_fd):
-                if name[0] == "." or not (name[0].isdigit() or ":" in name):
-                    continue  # temporary files, lock, last_reserved_ip.N
+                if name[0] == ".":
+                    # Under the lock no writer is alive to own a temporary file: one killed
+                    # mid-reserve left it. Every ADD and DEL sweeps them, not only GC.
+                    self._unlink_at(name, dir_fd)
+                    continue
+                if not (name[0].isdigit() or ":" in name):
+                    continue  # lock, last_reserved_ip.N
                 data = self._read_bytes(name, dir_fd)
                 if needle not in data:
                     continue
@@ -194,6 +199,13 @@ class DiskStore:
             return os.listdir(self.dir)
         except FileNotFoundError:
             return []
+
+    @staticmethod
+    def _unlink_at(name: str, dir_fd: int) -> None:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
 
     @staticmethod
     def _read_bytes(path: str, dir_fd: Optional[int] = None) -> bytes:
@@ -247,13 +259,31 @@ class DiskStore:
         self._unsynced.append(fd)
         return True
 
-    def _write_hint(self, path: str, text: str) -> None:
-        """Overwrite in place, unsynced: a hint torn or lost in a crash only moves where the
-        round-robin starts (an unreadable hint reads as none)."""
-        data = text.encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _create_whole(self, path: str, content: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + os.path.basename(path) + ".")
         try:
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))  # not to zero first: ext4 would flush on close
+            os.write(fd, content)
+            os.fchmod(fd, 0o644)
+            os.link(tmp, path)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+
+    def _write_hint(self, path: str, text: str) -> None:
+        """Overwrite in place, unsynced (a hint lost in a power cut only moves where the
+        round-robin starts). A shorter address is padded with spaces over the old one's
+        tail before the file is cut, so a kill between the two calls leaves a valid
+        address ("10.1.0.9  "), never a mix of old and new ("10.1.0.90")."""
+        data = text.encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # the range's first reservation: never an empty hint either
+            self._create_whole(path, data)
+            return
+        try:
+            old_size = os.fstat(fd).st_size
+            os.pwrite(fd, data.ljust(old_size, b" "), 0)
+            if old_size > len(data):
+                os.ftruncate(fd, len(data))  # not to zero first: ext4 would flush on close
         finally:
             os.close(fd)

@@ -38,6 +38,7 @@ class CniNode:
         self.data_dir = os.path.join(root, "plugin-data")
         self.ipam_dir = os.path.join(root, "ipam-data")
         self.conf_overrides: dict = {}
+        self.server: Optional[FastPathServer] = None  # the fast-path server in "fastpath" mode
         self.node = NetNS()
         self._pods: list[NetNS] = []
 
@@ -147,7 +148,8 @@ def _prepare_mode(node: CniNode) -> Optional[FastPathServer]:
     if node.mode == "fastpath":
         socket_path = os.path.join(node.root, "run", "flannelette", "cni.sock")
         node.conf_overrides = {"daemonSocket": socket_path}
-        return FastPathServer(socket_path, node.node.name)
+        node.server = FastPathServer(socket_path, node.node.name)
+        return node.server
     raise ValueError(f"unknown plugin mode {node.mode!r}")
 
 
@@ -156,13 +158,12 @@ def cni(request):
     """A CniNode with subnet.env 10.244.1.1/24 in 10.244.0.0/16, MTU 1450, for each mode."""
     root = tempfile.mkdtemp(prefix="flt-plugin-")
     node = CniNode(request.param, root)
-    server = None
     try:
-        server = _prepare_mode(node)
+        _prepare_mode(node)
         node.write_subnet_env()
         yield node
     finally:
-        if server is not None:
-            server.stop()
+        if node.server is not None:
+            node.server.stop()
         node.close()
         shutil.rmtree(root, ignore_errors=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,20 +68,44 @@ class FastPathServer:
         cmd = [*prefix, VENV_PYTHON, "-m", "daemon.cni_server", "--socket", socket_path,
                "--workers", str(workers), "--log-level", log_level]
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
+        self._cmd = cmd
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 30) -> None:
-        # The server renames its socket into place only once it listens.
+        # The server renames its socket into place only once it listens; a socket left by a
+        # killed server exists too but refuses connections.
         deadline = time.monotonic() + timeout
-        while not os.path.exists(self.socket_path):
+        while not self._accepts():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cni_server exited with {self.proc.returncode}: {self.log()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"cni_server did not listen within {timeout}s: {self.log()}")
             time.sleep(0.02)
+
+    def _accepts(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no clean-up runs, the socket stays."""
+        self.proc.send_signal(signal.SIGKILL)  # `ip netns exec` exec'd python: this is the server
+        self.proc.wait()
+        self._log.close()
+
+    def restart(self) -> None:
+        """A new server on the same socket after `kill` (or `stop`), as systemd restarts one."""
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self._cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        self._wait_ready()
 
     def log(self) -> str:
         with open(self.log_path, "rb") as f:
@@ -93,7 +119,8 @@ class FastPathServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
 
     def __enter__(self) -> "FastPathServer":
         return self

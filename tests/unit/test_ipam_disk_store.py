@@ -191,3 +191,53 @@ def test_reservations_are_synced_once_the_lock_is_dropped(store, tmp_path, monke
     with store.locked():
         assert [str(x) for x in store.get_by_id("c1", "eth0")] == ["10.1.0.2", "fc00::2"]
     assert synced == [(d / "10.1.0.2").stat().st_ino, (d / "fc00::2").stat().st_ino]  # lookups sync nothing
+
+
+def test_temp_files_of_a_killed_writer_go_with_the_next_add_or_del(store, tmp_path):
+    """A kill between mkstemp and unlink leaves `.<ip>.*`; DEL (not only GC) must clear it."""
+    reserve(store, "c1", "eth0", "10.1.0.2")
+    d = tmp_path / "cbr0"
+    (d / ".10.1.0.3.k1ll3d").write_text("c2\r\neth0")
+    (d / ".last_reserved_ip.0.k1ll3d").write_text("10.1.0.3")
+    with store.locked():
+        assert [str(x) for x in store.release_by_id("c1", "eth0")] == ["10.1.0.2"]
+    assert sorted(os.listdir(d)) == ["last_reserved_ip.0", "lock"]
+
+
+def test_a_hint_rewrite_killed_before_the_cut_still_holds_an_address(store, tmp_path, monkeypatch):
+    """10.1.0.9 written over 10.1.0.10, killed before ftruncate: not "10.1.0.90"."""
+    reserve(store, "c1", "eth0", "10.1.0.10")
+
+    def killed(*a, **kw):
+        raise SystemExit("killed")
+    monkeypatch.setattr(os, "ftruncate", killed)
+    with pytest.raises(SystemExit):
+        reserve(store, "c2", "eth0", "10.1.0.9")
+    monkeypatch.undo()
+    hint = (tmp_path / "cbr0" / "last_reserved_ip.0").read_text()
+    assert hint.strip() == "10.1.0.9"
+    with store.locked():
+        assert store.last_reserved_ip(0) == ip("10.1.0.9")
+    reserve(store, "c3", "eth0", "10.1.0.11")
+    assert (tmp_path / "cbr0" / "last_reserved_ip.0").read_text() == "10.1.0.11"
+
+
+def test_the_first_hint_appears_whole_or_not_at_all(store, tmp_path, monkeypatch):
+    reserve(store, "c0", "eth0", "10.1.0.2", range_id=1)  # the directory and its lock exist
+    real_link = os.link
+    calls = []
+
+    def killed_on_the_hint(src, dst, *a, **kw):
+        calls.append(dst)
+        if "last_reserved_ip.0" in dst:
+            raise SystemExit("killed")
+        return real_link(src, dst, *a, **kw)
+    monkeypatch.setattr(os, "link", killed_on_the_hint)
+    with pytest.raises(SystemExit):
+        reserve(store, "c1", "eth0", "10.1.0.5")
+    monkeypatch.undo()
+    assert not (tmp_path / "cbr0" / "last_reserved_ip.0").exists()  # no empty hint
+    with store.locked():
+        assert store.last_reserved_ip(0) is None
+        assert store.get_by_id("c1", "eth0") == [ip("10.1.0.5")]
+    assert not [n for n in os.listdir(tmp_path / "cbr0") if n.startswith(".")]

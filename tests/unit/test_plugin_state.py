@@ -107,3 +107,16 @@ def test_delegate_gets_the_full_config_on_stdin(tmp_path):
     ipam_client.call_ipam(env, "DEL", raw)
     assert json.loads(seen.read_text()) == raw
     assert (tmp_path / "stdin.json.cmd").read_text().strip() == "DEL"
+
+
+def test_staging_leftovers_are_listed_by_attachment_for_gc(tmp_path):
+    """A save killed before its rename, with no state file at all: GC can still find it."""
+    from cni_plugin.state import list_staging, remove_staging
+    save_state(str(tmp_path), "net", _state("c1"))
+    (tmp_path / "net" / ".c2:eth0.json.tmp").write_text('{"contai')
+    (tmp_path / "net" / ".c1:net1.json.tmp").write_text("")
+    assert sorted(list_staging(str(tmp_path), "net")) == [("c1", "net1"), ("c2", "eth0")]
+    remove_staging(str(tmp_path), "net", "c2", "eth0")
+    remove_staging(str(tmp_path), "net", "c2", "eth0")  # already gone: fine
+    assert sorted(os.listdir(tmp_path / "net")) == [".c1:net1.json.tmp", "c1:eth0.json"]
+    assert list_staging(str(tmp_path), "other") == []
