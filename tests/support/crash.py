@@ -53,19 +53,19 @@ def start_plugin(exe: str, command: str, config: dict, *, node_ns: str, cid: str
     return proc
 
 
-def kill_after(proc: subprocess.Popen, delay: float) -> bool:
-    """SIGKILL `proc` after `delay` s; True when it was still running (killed), False when it
-    had already finished. Either way nothing of its session may survive it."""
-    deadline = time.monotonic() + delay
+def kill_after(proc: subprocess.Popen, delay: float, started: float) -> Optional[float]:
+    """SIGKILL `proc` `delay` s after `started`; None when it was still running (killed), else
+    how long it ran. Either way nothing of its session may survive it."""
+    deadline = started + delay
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(min(0.002, max(0.0, deadline - time.monotonic())))
-    killed = proc.poll() is None
-    if killed:
+        time.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
+    ran = None if proc.poll() is None else time.monotonic() - started
+    if ran is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
     assert not _group_alive(proc.pid), f"a child of the killed plugin {proc.pid} outlived it"
-    return killed
+    return ran
 
 
 def _group_alive(pgid: int) -> bool:

@@ -120,3 +120,4 @@ def test_staging_leftovers_are_listed_by_attachment_for_gc(tmp_path):
     remove_staging(str(tmp_path), "net", "c2", "eth0")  # already gone: fine
     assert sorted(os.listdir(tmp_path / "net")) == [".c1:net1.json.tmp", "c1:eth0.json"]
     assert list_staging(str(tmp_path), "other") == []
+
