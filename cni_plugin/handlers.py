@@ -2,8 +2,10 @@
 
 ADD: load config -> load subnet.env -> open the pod netns -> check the pod's ifname
 -> ensure bridge -> save state (intent) -> setup veth -> ipam add -> configure pod
-iface -> save state (with the result) -> result. Every step that changes something registers its undo on an ExitStack, so an
-ADD failing anywhere leaves no veth and no allocation behind.
+iface -> save state (with the result) -> result. Every step that changes something
+registers its undo on an ExitStack, so an ADD failing anywhere leaves no veth, no
+allocation and no state behind; an ADD killed anywhere leaves a state file that
+DEL and GC act on.
 
 The handlers are thread-safe: the daemon calls them concurrently on pool threads.
 """
