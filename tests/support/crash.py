@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from cni_plugin.state import AttachmentState
 from tests.support.cni import cni_env
@@ -53,9 +53,13 @@ def start_plugin(exe: str, command: str, config: dict, *, node_ns: str, cid: str
     return proc
 
 
-def kill_after(proc: subprocess.Popen, delay: float, started: float) -> Optional[float]:
-    """SIGKILL `proc` `delay` s after `started`; None when it was still running (killed), else
-    how long it ran. Either way nothing of its session may survive it."""
+def kill_after(proc: subprocess.Popen, delay: float, begun: Optional[Callable[[], bool]] = None) -> Optional[float]:
+    """SIGKILL `proc` `delay` s after `begun()` first holds (polled; None: at once); None when
+    it was still running (killed), else how long it ran after that moment. Either way
+    nothing of its session may survive it."""
+    while begun is not None and proc.poll() is None and not begun():
+        time.sleep(0.0005)
+    started = time.monotonic()
     deadline = started + delay
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(min(0.001, max(0.0, deadline - time.monotonic())))
@@ -66,6 +70,15 @@ def kill_after(proc: subprocess.Popen, delay: float, started: float) -> Optional
     proc.stdout.close()
     assert not _group_alive(proc.pid), f"a child of the killed plugin {proc.pid} outlived it"
     return ran
+
+
+def links_seen_by(pid: int) -> str:
+    """The interface list of `pid`'s netns (empty once it exited): cheap enough to poll."""
+    try:
+        with open(f"/proc/{pid}/net/dev") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _group_alive(pgid: int) -> bool:
