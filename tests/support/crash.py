@@ -171,11 +171,14 @@ def _read(path: str) -> bytes:
 
 
 def aftermath(view: StoreView, veths: set[str], host_veth: str, cid: str, finished: bool) -> str:
-    """Which stage the kill interrupted, read off what exists: for the printed histogram."""
+    """Which stage the kill interrupted, read off what exists: for the printed histogram
+    ("intent": the state ADD writes before its first change, without a result yet)."""
     if finished:
         return "completed before the kill"
-    parts = [name for name, present in (("veth", host_veth in veths), ("address", bool(view.held_by(cid))),
-                                         ("state", (cid, "eth0") in view.states),
+    state = view.states.get((cid, "eth0"))
+    parts = [name for name, present in (("intent", state is not None and not state.result),
+                                         ("veth", host_veth in veths), ("address", bool(view.held_by(cid))),
+                                         ("state", state is not None and bool(state.result)),
                                          ("temp files", bool(view.ipam_temp or view.staging))) if present]
     return "+".join(parts) or "nothing"
 
