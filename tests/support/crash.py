@@ -125,7 +125,7 @@ def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreVie
             view.ipam_temp.append(name)
             continue
         data = _read(path)
-        if name == "lock":
+        if name == "lock" or data is None:
             continue
         if name.startswith("last_reserved_ip."):
             text = data.decode("ascii", "replace")
@@ -146,8 +146,11 @@ def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreVie
             view.staging.append(name)
             continue
         assert name.endswith(".json"), f"unexpected file in the plugin state dir: {path}"
+        data = _read(path)
+        if data is None:
+            continue
         try:
-            state = AttachmentState.model_validate_json(_read(path))
+            state = AttachmentState.model_validate_json(data)
         except ValueError as e:
             raise AssertionError(f"corrupt plugin state {path}: {e}") from None
         assert name == f"{state.container_id}:{state.ifname}.json", f"{path} holds {state.container_id}"
@@ -162,9 +165,14 @@ def _listing(directory: str) -> list[str]:
         return []
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read(path: str) -> Optional[bytes]:
+    """None when the file went between the listing and the read (a fast-path server may
+    still be running the request whose client was killed)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------- what a kill left
