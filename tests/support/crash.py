@@ -27,6 +27,8 @@ from cni_plugin.state import AttachmentState
 from tests.support.cni import cni_env
 
 SOAK = bool(os.environ.get("FLT_SOAK"))
+IPAM_FILES = ("lock", "boot_id")  # besides reservations and hints
+STATE_FILES = ("lock", "attachments.boot_id")  # besides state files
 RESERVATION_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)\r\n([^\r\n/]+)$")
 
 
@@ -125,7 +127,7 @@ def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreVie
             view.ipam_temp.append(name)
             continue
         data = _read(path)
-        if name == "lock" or data is None:
+        if name in IPAM_FILES or data is None:
             continue
         if name.startswith("last_reserved_ip."):
             text = data.decode("ascii", "replace")
@@ -144,6 +146,8 @@ def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreVie
         path = os.path.join(state_net_dir, name)
         if name.startswith(".") and name.endswith(".json.tmp"):
             view.staging.append(name)
+            continue
+        if name in STATE_FILES:
             continue
         assert name.endswith(".json"), f"unexpected file in the plugin state dir: {path}"
         data = _read(path)
