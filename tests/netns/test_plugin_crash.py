@@ -153,7 +153,7 @@ def test_in_process_plugin_killed_at_random(cni, verb):
     # A cold in-process call spends most of its time starting the interpreter and importing,
     # and its last part exiting: the kills are drawn from its first change on, early in what
     # follows.
-    _kill_trials(cni, f"in-process {verb} killed", verb, IN_PROCESS[verb], low=0.0, high=0.7, in_phase=True)
+    _kill_trials(cni, f"in-process {verb} killed", verb, IN_PROCESS[verb], low=0.0, high=0.3, in_phase=True)
 
 
 @pytest.mark.parametrize("cni", ["fastpath"], indirect=True)
