@@ -213,8 +213,10 @@ def _bridge_mismatch(bridge: str, have: IPIface, want: IPIface) -> BridgeAddress
     )
 
 
-def _create_bridge(ipr: RtnlSocket, name: str, mtu: int) -> None:
-    body = (_ifinfo(0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_MTU, mtu)
+def _create_bridge(ipr: RtnlSocket, name: str) -> None:
+    # No IFLA_MTU here: an MTU given at creation is not "set by user" for the bridge driver,
+    # which then resets it to 1500 when the last port leaves. ensure_bridge sets it after.
+    body = (_ifinfo(0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, name)
             + attr(IFLA_ADDRESS, rtnl.mac_bytes(random_mac())) + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "bridge")))
     # EEXIST: a concurrent ADD made it first
     _checked(f"creating bridge {name}", ipr.call([message(rtnl.RTM_NEWLINK, NEW, body)])[0], (errno.EEXIST,))
@@ -224,7 +226,7 @@ def ensure_bridge(ipr: RtnlSocket, name: str, mtu: int, gateways: list[IPIface])
     """cni0 exists, is up, has `mtu` and exactly our gateway address per family."""
     link = get_link(ipr, name)
     if link is None:
-        _create_bridge(ipr, name, mtu)
+        _create_bridge(ipr, name)
         link = get_link(ipr, name)
         if link is None:
             raise NetlinkFailure(f"bridge {name} vanished right after it was created")
@@ -240,7 +242,7 @@ def ensure_bridge(ipr: RtnlSocket, name: str, mtu: int, gateways: list[IPIface])
                 raise _bridge_mismatch(name, a, want)
         if want not in same_family:
             steps.append((f"adding gateway {want} to {name}", _addr_add(link.index, want), (errno.EEXIST,)))
-    if link.mtu != mtu:
+    if link.mtu != mtu:  # through ndo_change_mtu, so the kernel keeps it when ports come and go
         steps.append((f"setting MTU {mtu} on {name}", _link_set(link.index, mtu=mtu), ()))
     if not link.up:
         steps.append((f"bringing {name} up", _link_set(link.index, up=True), ()))

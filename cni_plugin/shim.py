@@ -201,6 +201,9 @@ def run_in_process(stdin, fd=-1):
 
 def run_cni():
     stdin = read_stdin()
+    if len(stdin) > MAX_STDIN:  # refused before parsing or touching anything, as conf.cni does
+        write_out(error_reply({}, 6, "network configuration on stdin is over the %d-byte limit" % MAX_STDIN))
+        return 1
     config = parse_json(stdin) if stdin.strip() else {}
     if config is None:
         return run_in_process(stdin)

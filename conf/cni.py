@@ -25,6 +25,7 @@ COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # \Z: "$" would accept a trailing newline
 NETWORK_NAME_RE = CONTAINER_ID_RE
 MAX_STDIN = 1 << 20  # 1 MiB: no real network config comes close
+MAX_DEPTH = 64  # nesting of objects/arrays; real configs use under 10 (a prevResult's routes)
 
 
 def version_tuple(v: str) -> tuple[int, ...]:
@@ -154,19 +155,46 @@ class NetConf(BaseModel):
         return v
 
 
-def decode_config(stdin: bytes) -> dict:
-    """stdin bytes -> JSON object; code 6 when it cannot be decoded, 1 for a bad version."""
+def check_stdin_size(stdin: bytes) -> None:
+    """Code 6 for stdin over MAX_STDIN, before any of it is parsed.
+
+    Executables read at most MAX_STDIN + 1 bytes, so the real size is not known here."""
     if len(stdin) > MAX_STDIN:
-        raise DecodeError(f"network configuration on stdin is {len(stdin)} bytes, over the {MAX_STDIN}-byte limit")
+        raise DecodeError(f"network configuration on stdin is over the {MAX_STDIN}-byte limit")
+
+
+def _check_depth(raw: Any) -> None:
+    """Iteratively, so a hostile nesting cannot exhaust the stack of whoever walks it later."""
+    stack = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_DEPTH:
+                    raise DecodeError(f"network configuration on stdin is nested deeper than {MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
+
+
+def decode_config(stdin: bytes) -> dict:
+    """stdin bytes -> JSON object; code 6 when it cannot be decoded, 7 without a
+    cniVersion, 1 for a version we do not speak."""
+    check_stdin_size(stdin)
     try:
         raw = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as e:
         raise DecodeError("network configuration on stdin is not valid JSON", str(e)) from None
+    except RecursionError:  # json's own nesting guard (about 1000 levels)
+        raise DecodeError(f"network configuration on stdin is nested deeper than {MAX_DEPTH} levels") from None
     if not isinstance(raw, dict):
         raise DecodeError("network configuration on stdin must be a JSON object")
-    version = raw.get("cniVersion", "")
+    _check_depth(raw)
+    if "cniVersion" not in raw:
+        raise InvalidConfigError("invalid network configuration: field 'cniVersion': Field required")
+    version = raw["cniVersion"]
     if not isinstance(version, str) or not version:
-        raise DecodeError("network configuration has no cniVersion")
+        raise InvalidConfigError("invalid network configuration: field 'cniVersion': must be a "
+                                 f"non-empty string (got {json.dumps(version)[:80]})")
     if version not in SUPPORTED_VERSIONS:
         raise IncompatibleVersionError(
             f"cniVersion {version!r} is not supported; supported: {', '.join(SUPPORTED_VERSIONS)}"

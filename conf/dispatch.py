@@ -10,7 +10,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from conf.cni import SUPPORTED_VERSIONS, Result, RuntimeEnv, decode_config, load_env, version_tuple
+from conf.cni import (SUPPORTED_VERSIONS, Result, RuntimeEnv, check_stdin_size, decode_config, load_env,
+                      version_tuple)
 from conf.errors import CniError, IncompatibleVersionError, InternalError
 
 LATEST = SUPPORTED_VERSIONS[-1]
@@ -42,7 +43,7 @@ def version_reply(stdin: bytes) -> dict:
         raw = json.loads(stdin) if stdin.strip() else {}
         if isinstance(raw, dict) and isinstance(raw.get("cniVersion"), str) and raw["cniVersion"]:
             version = raw["cniVersion"]
-    except ValueError:
+    except (ValueError, RecursionError):  # VERSION answers whatever the config is
         pass
     return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
@@ -56,6 +57,7 @@ def run(handlers: dict[str, Handler], environ: dict[str, str], stdin: bytes,
     """Run one CNI invocation; never raises."""
     version = LATEST
     try:
+        check_stdin_size(stdin)  # first, as the shim does, so both paths give the same answer
         env = load_env(environ)
         if env.command == "VERSION":
             return 0, _dump(version_reply(stdin))

@@ -93,8 +93,11 @@ def test_env_cni_args_without_equals_is_code_4():
 @pytest.mark.parametrize("stdin,code", [
     (b"{", 6),
     (b"[1, 2]", 6),
-    (b'{"name": "n"}', 6),
-    (b'{"cniVersion": 1}', 6),
+    (b'{"name": "n"}', 7),
+    (b'{"cniVersion": 1}', 7),
+    (b'{"cniVersion": ""}', 7),
+    (b'{"cniVersion": "1.0.0", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 6),
+    (b'{"cniVersion": "1.0.0", "x": ' + b"[" * 64 + b"]" * 64 + b"}", 6),
     (b"\xff\xfe", 6),
     (b'{"cniVersion": "0.2.0", "name": "n"}', 1),
     (b'{"cniVersion": "9.9.9", "name": "n"}', 1),
@@ -102,6 +105,16 @@ def test_env_cni_args_without_equals_is_code_4():
 ])
 def test_decode_config_errors(stdin, code):
     assert code_of(decode_config, stdin)[0] == code
+
+
+def test_missing_cni_version_is_code_7_naming_the_field():
+    code, msg = code_of(decode_config, b'{"name": "n", "type": "flannelette"}')
+    assert code == 7 and "cniVersion" in msg
+
+
+def test_nesting_up_to_the_limit_decodes():
+    deep = b'{"cniVersion": "1.0.0", "x": ' + b"[" * 63 + b"]" * 63 + b"}"
+    assert decode_config(deep)["cniVersion"] == "1.0.0"
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)

@@ -217,4 +217,4 @@ def test_oversized_stdin_is_refused_with_code_6(server, cni_env):
     proc = run_shim(cni_env, stdin)
     assert proc.returncode == 1
     err = json.loads(proc.stdout)
-    assert err["code"] == 6 and "1048577 bytes" in err["msg"]
+    assert err["code"] == 6 and "1048576-byte limit" in err["msg"]
