@@ -19,7 +19,7 @@ from conf.cni import Result, load_model
 from conf.dispatch import Handler, Request
 from conf.errors import CniError, InvalidConfigError, NotAvailableError
 from conf.flannel import load_subnet_env
-from conf.plugin import PluginConf
+from conf.plugin import IPAM_TYPE, IpamConf, PluginConf
 
 from cni_plugin import links
 from cni_plugin.check import verify_attachment
@@ -51,6 +51,8 @@ def cmd_add(req: Request) -> Result:
     mtu = effective_mtu(conf, subnet_env)
     host_name = links.host_veth_name(cid, ifname)
     ipam_raw = ipam_config(req.raw, conf.ipam, conf.subnet_file)
+    if ipam_raw["ipam"].get("type") == IPAM_TYPE:  # refuse a bad IPAM config before cni0 is touched
+        load_model(IpamConf, ipam_raw["ipam"], where="ipam")
     ipr = host_netlink()
     with pod_netns_fd(netns, req.netns_fd) as pod_fd, \
             contextlib.closing(netlink_in(pod_fd)) as pod, contextlib.ExitStack() as undo:

@@ -24,6 +24,9 @@ SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 CONTAINER_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")  # \Z: "$" would accept a trailing newline
 NETWORK_NAME_RE = CONTAINER_ID_RE
+# The state file "<id>:<ifname>.json" (and its ".<name>.tmp") must fit NAME_MAX (255);
+# runtimes use 64 hex digits.
+MAX_CONTAINER_ID = 200
 MAX_STDIN = 1 << 20  # 1 MiB: no real network config comes close
 MAX_DEPTH = 64  # nesting of objects/arrays; real configs use under 10 (a prevResult's routes)
 
@@ -78,6 +81,8 @@ def load_env(environ: dict[str, str]) -> RuntimeEnv:
             f"CNI_CONTAINERID {cid!r} is invalid: it must start with a letter or digit "
             "and contain only letters, digits, '_', '.' and '-'"
         )
+    if len(cid) > MAX_CONTAINER_ID:
+        raise InvalidEnvError(f"CNI_CONTAINERID is {len(cid)} characters long, over the limit of {MAX_CONTAINER_ID}")
     ifname = environ.get("CNI_IFNAME", "")
     if ifname and not valid_ifname(ifname):
         raise InvalidEnvError(
@@ -248,6 +253,19 @@ class Route(BaseModel):
     priority: int = 0
     table: Optional[int] = None
     scope: Optional[int] = None
+
+    @field_validator("dst")
+    @classmethod
+    def _dst(cls, v: str) -> str:
+        ipaddress.ip_network(v, strict=False)  # ValueError names the bad text
+        return v
+
+    @field_validator("gw")
+    @classmethod
+    def _gw(cls, v: str) -> str:
+        if v:
+            ipaddress.ip_address(v)
+        return v
 
 
 class Result(BaseModel):

@@ -149,7 +149,7 @@ def _case_insensitive(raw: dict, model: type[BaseModel]) -> dict:
 
 # ---------------------------------------------------------------- lease keys and values
 
-_KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
+_KEY_RE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?\Z")  # \Z: no trailing newline
 
 
 def make_subnet_key(v4: Optional[IPv4Net], v6: Optional[IPv6Net] = None) -> str:

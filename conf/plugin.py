@@ -16,6 +16,7 @@ IPAM_TYPE = "flannelette-ipam"
 DEFAULT_IPAM_DATA_DIR = "/var/lib/cni/networks"
 DEFAULT_PLUGIN_DATA_DIR = "/var/lib/cni/flannelette"
 DEFAULT_SOCKET = "/run/flannelette/cni.sock"
+MIN_MTU = 68  # IPv4's minimum, the lowest a veth or bridge takes
 
 
 class IpamRange(BaseModel):
@@ -78,11 +79,18 @@ class PluginConf(NetConf):
     subnet_file: str = Field(default=DEFAULT_SUBNET_FILE, alias="subnetFile")
     data_dir: str = Field(default=DEFAULT_PLUGIN_DATA_DIR, alias="dataDir")
     bridge: str = "cni0"
-    mtu: int = Field(default=0, ge=0, le=65535)
+    mtu: int = Field(default=0, ge=0, le=65535)  # 0: FLANNEL_MTU
     hairpin_mode: bool = Field(default=True, alias="hairpinMode")
     is_default_gateway: bool = Field(default=True, alias="isDefaultGateway")
     daemon_socket: str = Field(default=DEFAULT_SOCKET, alias="daemonSocket")
     ipam: dict[str, Any] = Field(default_factory=lambda: {"type": IPAM_TYPE})
+
+    @field_validator("mtu")
+    @classmethod
+    def _mtu(cls, v: int) -> int:
+        if 0 < v < MIN_MTU:  # the kernel refuses it, after cni0 was already touched
+            raise ValueError(f"must be 0 (use FLANNEL_MTU) or {MIN_MTU}-65535, got {v}")
+        return v
 
     @field_validator("bridge")
     @classmethod

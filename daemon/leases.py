@@ -24,6 +24,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
+from conf.peer_lease import LeaseRejectedError, check_peer_in_network, load_peer_lease
 from daemon.holder import HolderFile, HolderRecord, foreign_holder
 from daemon.peers import PeerLease, compact
 from daemon.registry import KeyValue, Registry, RegistryError
@@ -53,21 +54,56 @@ def duplicate_holder_message(key: str, public_ip, lease_id: int) -> str:
             "node's public IP; if this node is the rightful holder, stop the other daemon")
 
 
-def parse_lease(kv: KeyValue) -> Optional[PeerLease]:
-    """A lease from etcd, or None (logged) when someone stored something unreadable.
+OnReject = Callable[[str], None]  # called with the reason of each rejected lease
+
+
+def parse_lease(kv: KeyValue, config: Optional[NetworkConfig] = None,
+                on_reject: Optional[OnReject] = None) -> Optional[PeerLease]:
+    """A lease from etcd, or None (one log line, `on_reject(reason)`) when someone stored
+    something unreadable or hostile (conf.flannel.load_peer_lease).
 
     Validated by the pydantic model, kept compact (daemon.peers): one model at a time
     lives, so 5000 leases leave no trail of temporaries behind."""
     try:
-        return compact(load_lease(kv.key, kv.value))
-    except ValueError as e:
-        log.warning("ignoring unreadable lease key=%s error=%s", kv.key, str(e).splitlines()[0])
+        return compact(load_peer_lease(kv.key, kv.value, config))
+    except LeaseRejectedError as e:
+        _rejected(kv.key, e, on_reject)
         return None
 
 
-def parse_leases(kvs: list[KeyValue]) -> dict[str, PeerLease]:
-    """key -> Lease for every readable lease of a listing."""
-    return {kv.key: lease for kv in kvs if (lease := parse_lease(kv)) is not None}
+def parse_leases(kvs: list[KeyValue], config: Optional[NetworkConfig] = None,
+                 on_reject: Optional[OnReject] = None) -> dict[str, PeerLease]:
+    """key -> Lease for every acceptable lease of a listing."""
+    return {kv.key: lease for kv in kvs if (lease := parse_lease(kv, config, on_reject)) is not None}
+
+
+def screen_leases(parsed: dict[str, PeerLease], config: NetworkConfig,
+                  on_reject: Optional[OnReject] = None) -> dict[str, PeerLease]:
+    """Drop the leases of a listing parsed without the config (acquisition's) that the
+    data plane must not program (conf.peer_lease.check_peer_in_network)."""
+    out = {}
+    for key, lease in parsed.items():
+        try:
+            check_peer_in_network(lease, config)
+        except LeaseRejectedError as e:
+            _rejected(key, e, on_reject)
+            continue
+        out[key] = lease
+    return out
+
+
+def in_network(lease: PeerLease, config: NetworkConfig) -> bool:
+    try:
+        check_peer_in_network(lease, config)
+    except LeaseRejectedError:
+        return False
+    return True
+
+
+def _rejected(key: str, e: LeaseRejectedError, on_reject: Optional[OnReject]) -> None:
+    log.warning("ignoring lease key=%r reason=%s error=%s", key[:120], e.reason, str(e).splitlines()[0][:200])
+    if on_reject is not None:
+        on_reject(e.reason)
 
 
 def fits_config(lease: Lease, config: NetworkConfig) -> bool:
@@ -160,6 +196,7 @@ class LeaseManager:
         self.holder = HolderFile(state_dir)
         self._record: Optional[HolderRecord] = None  # as found at start: who we were
         self._lock = threading.Lock()
+        self.on_reject: Optional[OnReject] = None  # the daemon counts rejected leases
 
     # ------------------------------------------------------------ acquire
 
@@ -175,7 +212,8 @@ class LeaseManager:
 
     def _try_acquire(self, attrs: LeaseAttrs, previous: Optional[SubnetEnv]) -> Optional[Lease]:
         revision, kvs = self.registry.list_leases()
-        parsed = parse_leases(kvs)
+        # Without the config: a lease of ours that no longer fits must be seen to be deleted.
+        parsed = parse_leases(kvs, on_reject=self.on_reject)
         self.listing = (revision, kvs, parsed)
         by_key = {kv.key: kv for kv in kvs}
         leases = list(parsed.values())
@@ -195,7 +233,9 @@ class LeaseManager:
                 return self._held(lease.key, lease_id)
             log.info("deleting lease that no longer fits the config subnet=%s", lease.key)
             self.registry.delete_lease(lease.key)
-        leases = [x for x in leases if x.attrs.public_ip != attrs.public_ip]
+        # A hostile lease (say 10.0.0.0/8) must not make the whole Network look taken.
+        # (the watcher logs and counts it)
+        leases = [x for x in leases if x.attrs.public_ip != attrs.public_ip and in_network(x, self.config)]
         candidate = previous_subnet(self.config, previous, leases)
         source = "subnet.env"
         if candidate is None:

@@ -80,6 +80,7 @@ class Daemon:
             self.leases = LeaseManager(self.registry, self.config, self.settings.lease_ttl,
                                        self.settings.renew_margin_seconds,
                                        state_dir=self.settings.state_dir)
+            self.leases.on_reject = lambda reason: self.metrics.inc("leases_rejected_total", reason=reason)
             previous = self._old_subnet_env()
             own = self.acquire_lease(attrs, previous)
             self._lease_changed(own)
@@ -263,7 +264,7 @@ class Daemon:
         self.watcher = LeaseWatcher(self.registry, self.metrics,
                                     on_change=lambda: self.reconciler.trigger("etcd"),
                                     own_key=lambda: self.leases.own.key if self.leases.own else None,
-                                    on_own_key=self._on_own_key)
+                                    on_own_key=self._on_own_key, config=self.config)
         if self.leases.listing is not None:  # acquisition's listing: no need to list twice
             self.watcher.load_snapshot(*self.leases.listing)
             self.leases.listing = None

@@ -17,6 +17,7 @@ DESCRIPTIONS = {
     "reconcile_duration_seconds": ("summary", "Time spent in reconcile runs."),
     "kernel_objects_programmed": ("gauge", "Routes, neighbours and FDB entries programmed by the last reconcile."),
     "kernel_changes_total": ("counter", "Kernel objects added, replaced or removed by reconciles."),
+    "leases_rejected_total": ("counter", "Lease values in etcd ignored as malformed or hostile, by reason."),
     "refused_peers": ("gauge", "Peers the backend refuses to program (host-gw peer not on-link, ...)."),
     "devices_recreated_total": ("counter", "Devices (flannel.1, ...) recreated after they vanished."),
     "errors_total": ("counter", "Errors, by where they happened."),

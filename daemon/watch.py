@@ -16,7 +16,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from daemon.leases import parse_lease, parse_leases
+from conf.flannel import NetworkConfig
+from daemon.leases import parse_lease, parse_leases, screen_leases
 from daemon.metrics import Metrics
 from daemon.peers import PeerLease
 from daemon.registry import (CompactedError, KeyValue, Registry, RegistryError,
@@ -48,8 +49,9 @@ class LeaseWatcher:
 
     def __init__(self, registry: Registry, metrics: Metrics, on_change: Callable[[], None],
                  own_key: Callable[[], Optional[str]] = lambda: None,
-                 on_own_key: Callable[[], None] = lambda: None):
+                 on_own_key: Callable[[], None] = lambda: None, config: Optional[NetworkConfig] = None):
         self.registry, self.metrics = registry, metrics
+        self.config = config  # leases outside its Network are rejected
         self.on_change, self.own_key, self.on_own_key = on_change, own_key, on_own_key
         self.revision = 0
         self.connected = False
@@ -73,7 +75,9 @@ class LeaseWatcher:
         """Replace the known set by a full listing (already parsed if `parsed` is given);
         True if anything changed."""
         if parsed is None:
-            parsed = parse_leases(kvs)
+            parsed = parse_leases(kvs, self.config, self.count_reject)
+        elif self.config is not None:
+            parsed = screen_leases(parsed, self.config, self.count_reject)
         fresh = {kv.key: KnownLease(parsed[kv.key], kv.lease_id) for kv in kvs if kv.key in parsed}
         with self._lock:
             changed = fresh != self._known
@@ -104,10 +108,12 @@ class LeaseWatcher:
         self._publish(changed, own_touched)
         return changed
 
-    @staticmethod
-    def _parse(kv: KeyValue) -> Optional[KnownLease]:
-        lease = parse_lease(kv)
+    def _parse(self, kv: KeyValue) -> Optional[KnownLease]:
+        lease = parse_lease(kv, self.config, self.count_reject)
         return KnownLease(lease, kv.lease_id) if lease is not None else None
+
+    def count_reject(self, reason: str) -> None:
+        self.metrics.inc("leases_rejected_total", reason=reason)
 
     def _publish(self, changed: bool, own_changed: bool) -> None:
         self.metrics.set("leases_known", len(self._known))

@@ -141,7 +141,9 @@ class CniNode:
 
 def _prepare_mode(node: CniNode) -> Optional[FastPathServer]:
     """Fill CNI_PATH and the conf overrides for the mode under test; the server to stop, if any."""
-    node.bin_dir = installed_bin_dir(os.path.join(node.root, "install"))
+    # FLT_INSTALL_FORM=script: stubs running this checkout, for quick iteration without a rebuild
+    node.bin_dir = installed_bin_dir(os.path.join(node.root, "install"),
+                                     form=os.environ.get("FLT_INSTALL_FORM", "frozen"))
     if node.mode == "inproc":
         node.conf_overrides = {"daemonSocket": ""}
         return None

@@ -8,12 +8,14 @@ from conf.cni import (
     SUPPORTED_VERSIONS,
     NetConf,
     Result,
+    Route,
     decode_config,
     load_env,
     load_model,
     valid_ifname,
 )
 from conf.errors import CniError
+from pydantic import ValidationError
 
 ADD_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee", "CNI_NETNS": "/run/netns/p",
            "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin:/usr/lib/cni",
@@ -227,3 +229,19 @@ def test_load_bad_result_is_code_7(bad):
 def test_empty_result_renders_minimal_document():
     assert Result().render("1.0.0") == {"cniVersion": "1.0.0", "ips": [], "dns": {}}
     assert Result.load(None) == Result()
+
+
+# ---------------------------------------------------------------- found by fuzzing (tests/netns/test_hostile_input.py)
+
+
+def test_env_huge_container_id_is_code_4():
+    # 100k characters passed the character rule and failed later on the state file name (999)
+    code, msg = code_of(load_env, {**ADD_ENV, "CNI_CONTAINERID": "c" * 100_000})
+    assert code == 4 and "CNI_CONTAINERID" in msg
+
+
+@pytest.mark.parametrize("route", [{"dst": "garbage"}, {"dst": "10.0.0.0/33"}, {"dst": "0.0.0.0/0", "gw": "x"}])
+def test_route_with_bad_dst_or_gw_is_refused(route):
+    # a bad dst reached the pod's netlink and came back as 999
+    with pytest.raises(ValidationError):
+        Route.model_validate(route)

@@ -67,6 +67,8 @@ def test_plugin_ipam_keeps_given_fields_and_type():
     ({"bridge": "br/0"}, "bridge"),
     ({"mtu": 70000}, "mtu"),
     ({"mtu": -1}, "mtu"),
+    ({"mtu": 1}, "mtu"),  # fuzzing: the kernel refused it after cni0 was touched (999)
+    ({"mtu": True}, "mtu"),  # fuzzing: pydantic read it as 1
     ({"hairpinMode": "sometimes"}, "hairpinMode"),
     ({"ipam": {"type": 5}}, "ipam"),
 ])

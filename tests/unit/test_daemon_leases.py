@@ -251,3 +251,12 @@ def test_ipv6_only_networks_are_refused_clearly():
     config = load_network_config('{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fc00::/48"}')
     with pytest.raises(LeaseError, match="IPv6-only"):
         manager(FakeRegistry(), config=config)
+
+
+def test_a_hostile_lease_covering_the_network_does_not_block_acquisition():
+    # found by tests/netns/test_daemon_hostile_leases.py: "out of subnets", the daemon exited
+    reg = FakeRegistry()
+    reg.kv["10.0.0.0-8"] = (attrs("192.168.1.66").dump_json(), 5)
+    reg.kv["10.244.0.0-16"] = (attrs("192.168.1.67").dump_json(), 6)
+    own = manager(reg).acquire(attrs("192.168.1.10"))
+    assert own.subnet.prefixlen == 24 and own.subnet.subnet_of(ipaddress.ip_network("10.244.0.0/16"))

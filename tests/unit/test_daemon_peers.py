@@ -143,3 +143,15 @@ def test_malloc_controls_work_on_glibc():
     del blocks[::2]
     del blocks
     assert release_free_memory() is True  # malloc_trim handed pages back
+
+
+def test_a_hostile_lease_is_skipped_logged_and_reported(caplog):
+    config = load_network_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
+    reasons: list[str] = []
+    zero = KeyValue("10.244.8.0-24", (VALUE % (8, 8, 8)).replace("192.168.1.8", "0.0.0.0").encode(), 7, 1)
+    outside = kv(9, key="10.99.9.0-24")
+    parsed = parse_leases([kv(1), zero, outside, kv(2)], config, reasons.append)
+    assert sorted(parsed) == [kv(1).key, kv(2).key]
+    assert reasons == ["public_ip", "outside_network"]
+    lines = [r.getMessage() for r in caplog.records if "ignoring lease" in r.getMessage()]
+    assert len(lines) == 2 and "10.244.8.0-24" in lines[0] and "0.0.0.0" in lines[0]

@@ -176,3 +176,27 @@ def test_a_long_outage_never_spaces_watch_retries_beyond_the_backoff_cap():
         assert len({round(x, 6) for x in waits[-4:]}) > 1  # jittered, not in step
     finally:
         w.stop()
+
+
+def test_hostile_lease_values_are_counted_by_reason_and_never_known():
+    from conf.flannel import load_network_config
+    metrics = Metrics()
+    w = LeaseWatcher(FakeRegistry((10, [])), metrics, on_change=lambda: None,
+                     config=load_network_config('{"Network": "10.244.0.0/16"}'))
+    w.load_snapshot(10, [kv(1), KeyValue("10.244.9.0-24", b"x" * (1 << 20), 1, 1)])
+    w.apply(WatchBatch(11, puts=[kv(2, ip="10.244.0.7"), KeyValue("10.0.0.0-8", kv(3).value, 1, 1), kv(4)]))
+    assert keys(w) == ["10.244.1.0-24", "10.244.4.0-24"]
+    assert {r: metrics.get("leases_rejected_total", reason=r) for r in ("too_large", "public_ip", "outside_network")} \
+        == {"too_large": 1, "public_ip": 1, "outside_network": 1}
+    assert 'flannelette_leases_rejected_total{reason="too_large"} 1' in metrics.render()
+
+
+def test_a_listing_parsed_at_acquisition_is_screened_against_the_network():
+    from conf.flannel import load_network_config
+    from daemon.leases import parse_leases
+    metrics = Metrics()
+    w = LeaseWatcher(FakeRegistry((10, [])), metrics, on_change=lambda: None,
+                     config=load_network_config('{"Network": "10.244.0.0/16"}'))
+    kvs = [kv(1), KeyValue("10.99.0.0-24", kv(3).value, 1, 1)]
+    w.load_snapshot(10, kvs, parse_leases(kvs))  # acquisition parses without the config
+    assert keys(w) == ["10.244.1.0-24"] and metrics.get("leases_rejected_total", reason="outside_network") == 1
