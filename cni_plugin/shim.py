@@ -22,6 +22,7 @@ import _socket
 
 DEFAULT_SOCKET = "/run/flannelette/cni.sock"
 MAX_STDIN = 1 << 20  # conf.cni.MAX_STDIN: one byte more is enough to report "too big"
+MAX_ENV = 1 << 16  # daemon/cni_server.py's: a bigger env is hung up on, so it runs in-process
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")  # conf.cni's; a test checks
 MAGIC = b"FLT1"
 OP_CNI = b"C"
@@ -213,9 +214,12 @@ def run_cni():
     path = config.get("daemonSocket", DEFAULT_SOCKET)
     if type(path) is not str or not path:  # "" disables the fast path; a bad type is reported there
         return run_in_process(stdin)
+    env = cni_environ()
+    if len(env) > MAX_ENV:  # a hostile CNI_* value: the in-process path names it
+        return run_in_process(stdin)
     fd = _open_netns()
     try:
-        reply = exchange(path, encode_request(OP_CNI, cni_environ(), stdin), fd)
+        reply = exchange(path, encode_request(OP_CNI, env, stdin), fd)
     except ConnectionError as e:
         write_out(error_reply(config, 11, "the flannelette daemon went away mid-request (%s); "
                                           "retry the operation" % e.args[0]))

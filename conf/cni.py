@@ -186,7 +186,9 @@ def decode_config(stdin: bytes) -> dict:
     cniVersion, 1 for a version we do not speak."""
     check_stdin_size(stdin)
     try:
-        raw = json.loads(stdin)
+        # Decoded here: json.loads(bytes) also takes UTF-16/32 and a byte-order mark; Go's
+        # decoder (libcni, the reference plugins) and the shim's do not.
+        raw = json.loads(stdin.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise DecodeError("network configuration on stdin is not valid JSON", str(e)) from None
     except RecursionError:  # json's own nesting guard (about 1000 levels)

@@ -101,6 +101,8 @@ def test_env_cni_args_without_equals_is_code_4():
     (b'{"cniVersion": "1.0.0", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 6),
     (b'{"cniVersion": "1.0.0", "x": ' + b"[" * 64 + b"]" * 64 + b"}", 6),
     (b"\xff\xfe", 6),
+    (b'\xef\xbb\xbf{"cniVersion": "1.0.0", "name": "n"}', 6),  # fuzzing: a BOM was accepted
+    ('{"cniVersion": "1.0.0", "name": "n"}'.encode("utf-16"), 6),
     (b'{"cniVersion": "0.2.0", "name": "n"}', 1),
     (b'{"cniVersion": "9.9.9", "name": "n"}', 1),
     (b'{"cniVersion": "1.0.0", "pad": "' + b"x" * MAX_STDIN + b'"}', 6),

@@ -128,6 +128,19 @@ def test_shim_versions_match_conf():
     assert shim.SUPPORTED_VERSIONS == SUPPORTED_VERSIONS
 
 
+def test_shim_limits_match_conf_and_the_server():
+    from conf.cni import MAX_STDIN
+    from daemon.cni_server import MAX_ENV
+    assert (shim.MAX_STDIN, shim.MAX_ENV) == (MAX_STDIN, MAX_ENV)
+
+
+def test_an_env_too_big_for_the_server_runs_in_process(server, cni_env):
+    # fuzzing: a 100k CNI_CONTAINERID made the server hang up and the shim say "retry" (11)
+    env = {**cni_env, "CNI_CONTAINERID": "c" * 100_000}
+    proc = run_shim(env, conf_bytes(server.socket_path))
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 4
+
+
 def test_framing_round_trip_carries_the_fd(tmp_path):
     target = tmp_path / "ns"
     target.write_bytes(b"")
