@@ -176,7 +176,7 @@ PLUGIN_FIELDS = [
     (("ipam", "ranges"), st.one_of(not_list.filter(lambda v: v is not None), bad_cidr.map(_ranges),
                                    st.just([[]]), st.lists(not_list, min_size=1, max_size=2),
                                    st.builds(lambda v: [[{"subnet": "10.244.1.0/24", "rangeStart": v}]],
-                                             bad_cidr))),
+                                             bad_cidr.filter(lambda v: v is not None)))),  # None: unset
     (("ipam", "routes"), st.one_of(not_list.filter(lambda v: v is not None),
                                    bad_cidr.map(lambda c: [{"dst": c}]),
                                    st.builds(lambda g: [{"dst": "10.0.0.0/8", "gw": g}], bad_cidr))),
