@@ -19,7 +19,7 @@ from conf.cni import Result, load_model
 from conf.dispatch import Handler, Request
 from conf.errors import CniError, InvalidConfigError, NotAvailableError
 from conf.flannel import load_subnet_env
-from conf.plugin import IPAM_TYPE, IpamConf, PluginConf
+from conf.plugin import IPAM_TYPE, IpamConf, PluginConf, requested_mac
 
 from cni_plugin import links
 from cni_plugin.check import verify_attachment
@@ -46,6 +46,7 @@ def _best_effort(what: str, fn: Callable, *args) -> None:
 
 def cmd_add(req: Request) -> Result:
     conf = load_conf(req)
+    pod_mac = requested_mac(conf, req.env.args)
     subnet_env = load_subnet_env(conf.subnet_file)
     cid, ifname, netns = req.env.container_id, req.env.ifname, req.env.netns
     mtu = effective_mtu(conf, subnet_env)
@@ -64,20 +65,31 @@ def cmd_add(req: Request) -> Result:
                                 bridge=conf.bridge, ipam=ipam_raw["ipam"], config=req.raw)
         save_state(conf.data_dir, conf.name, state)
         undo.callback(_best_effort, "forget the attachment", remove_state, conf.data_dir, conf.name, cid, ifname)
-        host, pod_mac = links.setup_veth(ipr, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode)
+        host, pod_mac = links.setup_veth(ipr, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode,
+                                         pod_mac)
         undo.callback(_best_effort, f"delete {host_name}", links.delete_link, ipr, host_name)
         ipam_result = call_ipam(req.env, "ADD", ipam_raw) or Result()
         undo.callback(_best_effort, "ipam DEL", call_ipam, req.env, "DEL", ipam_raw)
         if not ipam_result.ips:
             raise InvalidConfigError(f"IPAM {ipam_raw['ipam'].get('type')} returned no IP address")
         plan = plan_pod(conf, subnet_env, ipam_result)
-        links.configure_pod_iface(pod, ifname, plan.addresses, plan.routes)
+        _index, kept = links.configure_pod_iface(pod, ifname, plan.addresses, plan.routes)
+        plan.routes = _without_kept_routes(plan.routes, kept, ifname, netns)
         result = build_result(conf, plan, ipam_result, bridge_mac=bridge.mac, host_veth=host_name,
                               host_mac=host.mac, ifname=ifname, pod_mac=pod_mac, netns=netns, mtu=mtu)
         state.result = result.model_dump(by_alias=True)
         save_state(conf.data_dir, conf.name, state)
         undo.pop_all()
     return result
+
+
+def _without_kept_routes(routes: list, kept: list, ifname: str, netns: str) -> list:
+    """The result lists only routes through `ifname`: one the pod already had through another
+    interface (its first attachment's default route) is kept there and left out, as logged."""
+    for r in kept:
+        log.warning("%s: the pod %s already has a route to %s through another interface; "
+                    "keeping it, not adding one via %s", ifname, netns, r.dst, r.gw or ifname)
+    return [r for r in routes if r not in kept]
 
 
 def _saved_or_requested_ipam(req: Request, conf: PluginConf, state: Optional[AttachmentState]) -> dict:

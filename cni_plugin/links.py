@@ -111,7 +111,10 @@ def _addr_add(index: int, addr: IPIface) -> bytes:
     return message(rtnl.RTM_NEWADDR, NEW, body)
 
 
-def _route_replace(oif: int, dst: ipaddress._BaseNetwork, gateway: str) -> bytes:
+def _route_add(oif: int, dst: ipaddress._BaseNetwork, gateway: str) -> bytes:
+    """`ip route add`: create only. A route to the same destination and metric that the pod
+    already has (another attachment's default or cluster route) is refused with EEXIST,
+    never replaced."""
     family = AF_INET6 if dst.version == 6 else AF_INET
     body = rtnl.RTMSG.pack(family, dst.prefixlen, 0, 0, rtnl.RT_TABLE_MAIN, RTPROT_BOOT,
                            RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK, RTN_UNICAST, 0)
@@ -120,7 +123,7 @@ def _route_replace(oif: int, dst: ipaddress._BaseNetwork, gateway: str) -> bytes
         body += attr(RTA_DST, dst.network_address.packed)
     if gateway:
         body += attr(RTA_GATEWAY, rtnl.pton(gateway)[1])
-    return message(rtnl.RTM_NEWROUTE, rtnl.F_REQUEST | rtnl.F_CREATE | rtnl.F_REPLACE, body)
+    return message(rtnl.RTM_NEWROUTE, NEW, body)
 
 
 def _link_del(name: str) -> bytes:
@@ -296,14 +299,15 @@ def _hairpin_on(host_name: str) -> bytes:
 
 
 def setup_veth(ipr: RtnlSocket, host_name: str, ifname: str, pod_fd: int, mtu: int,
-               bridge: LinkInfo, hairpin: bool) -> tuple[LinkInfo, str]:
+               bridge: LinkInfo, hairpin: bool, pod_mac: Optional[str] = None) -> tuple[LinkInfo, str]:
     """One request: the host end on the bridge and up, the pod end born in the pod netns as
     `ifname`; hairpin follows in the same datagram.
 
+    The pod end is born with `pod_mac` (a runtime's requested MAC) or a random one.
     Returns the host end and the pod end's MAC. A leftover of an earlier attempt by the
     same container (same derived name) is removed and the request sent again.
     """
-    pod_mac, host_mac = random_mac(), random_mac()
+    pod_mac, host_mac = pod_mac or random_mac(), random_mac()
     requests = [_veth_create(host_name, host_mac, ifname, pod_fd, pod_mac, mtu, bridge.index)]
     if hairpin:
         requests.append(_hairpin_on(host_name))
@@ -368,8 +372,14 @@ def remove_link(ipr: RtnlSocket, name: str, poll: float = 0.0005) -> bool:
 # ---------------------------------------------------------------- pod side
 
 
-def configure_pod_iface(pod: RtnlSocket, ifname: str, addresses: list[IPIface], routes: list[Route]) -> int:
-    """Addresses, link up, lo up, routes (one datagram); returns the pod interface's index."""
+def configure_pod_iface(pod: RtnlSocket, ifname: str, addresses: list[IPIface],
+                        routes: list[Route]) -> tuple[int, list[Route]]:
+    """Addresses, link up, lo up, routes (one datagram).
+
+    Returns the pod interface's index and the routes the pod already had to the same
+    destination through another interface (EEXIST): those stay as they are, so a second
+    attachment (`net1`) never takes `eth0`'s default or cluster route away.
+    """
     link = get_link(pod, ifname)
     if link is None:
         raise NetlinkFailure(f"the pod end {ifname} is missing right after the veth was created")
@@ -378,6 +388,9 @@ def configure_pod_iface(pod: RtnlSocket, ifname: str, addresses: list[IPIface], 
     steps.append(("bringing lo up in the pod", _link_set(1, up=True), ()))  # lo is index 1 in every netns
     for r in routes:
         steps.append((f"adding route {r.dst} via {r.gw or ifname} in the pod",
-                      _route_replace(link.index, ipaddress.ip_network(r.dst), r.gw), ()))
-    _run(pod, steps)
-    return link.index
+                      _route_add(link.index, ipaddress.ip_network(r.dst), r.gw), (errno.EEXIST,)))
+    replies = pod.call([msg for _s, msg, _t in steps])
+    for (step, _msg, tolerated), reply in zip(steps, replies):
+        _checked(step, reply, tolerated)
+    kept = [r for r, reply in zip(routes, replies[len(steps) - len(routes):]) if reply.code == errno.EEXIST]
+    return link.index, kept

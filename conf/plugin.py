@@ -7,6 +7,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from conf.cni import NetConf, Route, valid_ifname
+from conf.errors import InvalidConfigError
 from conf.flannel import DEFAULT_SUBNET_FILE
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -107,3 +108,40 @@ class PluginConf(NetConf):
         if not isinstance(v.get("type", IPAM_TYPE), str):
             raise ValueError("ipam.type must be a string")
         return {"type": IPAM_TYPE, **v}
+
+
+# ---------------------------------------------------------------- a requested MAC
+
+MAC_SOURCES = ("CNI_ARGS MAC", "args.cni.mac", "runtimeConfig.mac")  # later wins, as in `bridge`
+
+
+def parse_mac(value: Any, field: str) -> str:
+    """A unicast, non-zero 48-bit MAC in `aa:bb:cc:dd:ee:ff` or `aa-bb-...` form, lower case."""
+    text = value.strip() if isinstance(value, str) else ""
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p) for p in parts):
+        raise InvalidConfigError(f"invalid network configuration: field '{field}': {value!r} is not a MAC "
+                                 "address (six hex octets like 02:42:ac:11:00:02)")
+    raw = bytes.fromhex("".join(parts))
+    if raw[0] & 1:
+        raise InvalidConfigError(f"invalid network configuration: field '{field}': {text} is a multicast "
+                                 "address; an interface needs a unicast MAC (first octet even)")
+    if not any(raw):
+        raise InvalidConfigError(f"invalid network configuration: field '{field}': the all-zero MAC "
+                                 "cannot be an interface's address")
+    return raw.hex(":")
+
+
+def requested_mac(conf: NetConf, env_args: dict[str, str]) -> Optional[str]:
+    """The pod MAC asked for, read where the reference `bridge` reads it and with its precedence:
+    CNI_ARGS `MAC=` (podman --mac-address), then `args.cni.mac`, then `runtimeConfig.mac` (the
+    `mac` capability). Every given value is validated, even one a later source overrides."""
+    cni_args = conf.args.get("cni")
+    if cni_args is not None and not isinstance(cni_args, dict):
+        raise InvalidConfigError("invalid network configuration: field 'args.cni' must be an object")
+    values = (env_args.get("MAC"), (cni_args or {}).get("mac"), conf.runtime_config.get("mac"))
+    mac = None
+    for field, value in zip(MAC_SOURCES, values):
+        if value is not None and value != "":
+            mac = parse_mac(value, field)
+    return mac

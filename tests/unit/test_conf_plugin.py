@@ -75,3 +75,37 @@ def test_plugin_ipam_keeps_given_fields_and_type():
 def test_plugin_errors_name_the_field(extra, field):
     code, msg = error_of(PluginConf, {**BASE, **extra})
     assert code == 7 and f"'{field}'" in msg
+
+
+# ---------------------------------------------------------------- requested MAC (issue 12)
+
+
+def _mac(env_args=None, **fields):
+    from conf.plugin import requested_mac
+    return requested_mac(load_model(PluginConf, {**BASE, **fields}), env_args or {})
+
+
+def test_requested_mac_precedence_follows_bridge():
+    assert _mac() is None
+    assert _mac({"MAC": "02:AA:bb:cc:dd:01"}) == "02:aa:bb:cc:dd:01"
+    assert _mac({"MAC": "02:aa:bb:cc:dd:01"}, args={"cni": {"mac": "02-aa-bb-cc-dd-02"}}) == "02:aa:bb:cc:dd:02"
+    assert _mac({"MAC": "02:aa:bb:cc:dd:01"}, args={"cni": {"mac": "02:aa:bb:cc:dd:02"}},
+                runtimeConfig={"mac": "02:aa:bb:cc:dd:03"}) == "02:aa:bb:cc:dd:03"
+    assert _mac({"MAC": ""}, runtimeConfig={"mac": ""}) is None
+
+
+@pytest.mark.parametrize("env_args, fields, field", [
+    ({"MAC": "02:aa:bb:cc:dd"}, {}, "CNI_ARGS MAC"),
+    ({"MAC": "zz:aa:bb:cc:dd:ee"}, {}, "CNI_ARGS MAC"),
+    ({"MAC": "02:aa:bb:cc:dd:ee:ff"}, {}, "CNI_ARGS MAC"),
+    ({}, {"args": {"cni": {"mac": "01:00:5e:00:00:01"}}}, "args.cni.mac"),
+    ({}, {"args": {"cni": {"mac": 42}}}, "args.cni.mac"),
+    ({}, {"runtimeConfig": {"mac": "00:00:00:00:00:00"}}, "runtimeConfig.mac"),
+    ({}, {"runtimeConfig": {"mac": "ff:ff:ff:ff:ff:ff"}}, "runtimeConfig.mac"),
+    # an invalid value is refused even where a later source would override it
+    ({"MAC": "bad"}, {"runtimeConfig": {"mac": "02:aa:bb:cc:dd:03"}}, "CNI_ARGS MAC"),
+], ids=["short", "not-hex", "long", "multicast", "not-a-string", "zero", "broadcast", "overridden"])
+def test_bad_requested_mac_is_code_7_naming_the_field(env_args, fields, field):
+    with pytest.raises(CniError) as e:
+        _mac(env_args, **fields)
+    assert e.value.code == 7 and f"'{field}'" in e.value.msg

@@ -49,11 +49,11 @@ def test_addresses_and_routes():
     assert (v4.get_attr("IFA_LOCAL"), v4.get_attr("IFA_BROADCAST")) == ("10.244.1.5", "10.244.1.255")
     v6 = decode(ifaddrmsg, links._addr_add(5, ipaddress.ip_interface("fc00::5/64")))
     assert (v6["family"], v6["flags"], v6.get_attr("IFA_ADDRESS")) == (socket.AF_INET6, links.IFA_F_NODAD, "fc00::5")
-    default = decode(rtmsg, links._route_replace(5, ipaddress.ip_network("0.0.0.0/0"), "10.244.1.1"))
-    assert default["header"]["flags"] == rtnl.F_REQUEST | rtnl.F_CREATE | rtnl.F_REPLACE
+    default = decode(rtmsg, links._route_add(5, ipaddress.ip_network("0.0.0.0/0"), "10.244.1.1"))
+    assert default["header"]["flags"] == rtnl.F_REQUEST | rtnl.F_CREATE | rtnl.F_EXCL
     assert (default["dst_len"], default["table"], default.get_attr("RTA_DST")) == (0, 254, None)
     assert (default.get_attr("RTA_GATEWAY"), default.get_attr("RTA_OIF")) == ("10.244.1.1", 5)
-    direct = decode(rtmsg, links._route_replace(5, ipaddress.ip_network("fc00::/16"), ""))
+    direct = decode(rtmsg, links._route_add(5, ipaddress.ip_network("fc00::/16"), ""))
     assert (direct["family"], direct["dst_len"], direct.get_attr("RTA_DST")) == (socket.AF_INET6, 16, "fc00::")
     assert direct["scope"] == links.RT_SCOPE_LINK and direct.get_attr("RTA_GATEWAY") is None
 
