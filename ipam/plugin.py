@@ -1,7 +1,7 @@
 """flannelette-ipam's CNI verbs as `conf.dispatch` handlers.
 
 The network config arrives whole (Request.raw); the IPAM part is raw["ipam"] and
-the store directory is `<ipam.dataDir>/<name>`. Ranges come from ipam.ranges when
+the store is one per subnet, reached as `<ipam.dataDir>/<name>` (ipam/shared_store.py). Ranges come from ipam.ranges when
 given, else from the node's subnet.env. The handlers keep no state between calls
 and hold the store's flock for each whole operation, so the daemon may run them
 on several threads at once.
@@ -34,7 +34,7 @@ from ipam.allocator import (
     range_sets_from_subnet_env,
     release,
 )
-from ipam.disk_store import DiskStore
+from ipam.shared_store import SharedStore, open_store, other_stores
 from ipam.store import IPAddr
 
 
@@ -44,7 +44,7 @@ class Network:
 
     netconf: NetConf
     ipam: IpamConf
-    store: DiskStore
+    store: SharedStore
 
 
 @dataclass
@@ -67,7 +67,7 @@ def load_network(req: Request) -> Network:
     if not isinstance(raw_ipam, dict):
         raise InvalidConfigError("invalid network configuration: field 'ipam' must be an object")
     ipam = load_model(IpamConf, raw_ipam, where="ipam")
-    return Network(netconf=netconf, ipam=ipam, store=DiskStore(ipam.data_dir, netconf.name))
+    return Network(netconf=netconf, ipam=ipam, store=open_store(ipam.data_dir, netconf.name))
 
 
 def plan_ranges(ipam: IpamConf) -> Plan:
@@ -144,6 +144,7 @@ def read_resolv_conf(path: str) -> Dns:
 def cmd_add(req: Request) -> Result:
     net = load_network(req)
     plan = plan_ranges(net.ipam)
+    net.store = open_store(net.ipam.data_dir, net.netconf.name, plan.range_sets)
     wanted = requested_ips(req, net.netconf)
     dns = read_resolv_conf(net.ipam.resolv_conf) if net.ipam.resolv_conf else Dns()
     allocations = Allocator(net.store, plan.range_sets).allocate(
@@ -158,13 +159,17 @@ def cmd_add(req: Request) -> Result:
 def cmd_del(req: Request) -> None:
     """Release the attachment's addresses; nothing held is success. Needs no subnet.env."""
     net = load_network(req)
-    if os.path.isdir(net.store.dir):
-        release(net.store, req.env.container_id, req.env.ifname)
+    if os.path.isdir(net.store.dir) and release(net.store, req.env.container_id, req.env.ifname):
+        return
+    for store in other_stores(net.ipam.data_dir, net.netconf.name):  # the link moved since ADD
+        if release(store, req.env.container_id, req.env.ifname):
+            return
 
 
 def cmd_check(req: Request) -> None:
     net = load_network(req)
     plan = plan_ranges(net.ipam)
+    net.store = open_store(net.ipam.data_dir, net.netconf.name, plan.range_sets)
     cid, ifname = req.env.container_id, req.env.ifname
     held = held_by(net.store, cid, ifname) if os.path.isdir(net.store.dir) else []
     if not held:
