@@ -167,9 +167,8 @@ def cmd_del(req: Request) -> None:
 
 
 def cmd_check(req: Request) -> None:
-    net = load_network(req)
+    net = load_network(req)  # the store as ADD left it: CHECK moves no link
     plan = plan_ranges(net.ipam)
-    net.store = open_store(net.ipam.data_dir, net.netconf.name, plan.range_sets)
     cid, ifname = req.env.container_id, req.env.ifname
     held = held_by(net.store, cid, ifname) if os.path.isdir(net.store.dir) else []
     if not held:

@@ -34,9 +34,10 @@ reservations block addresses before B is ever called again. An address both hold
 with different owners (the double allocation this prevents from now on) stays with
 the store's holder and is logged.
 
-Requests that need no subnet.env (DEL, GC) use whatever `<dataDir>/<name>` is (the
-symlink, a legacy directory, or nothing); DEL that finds nothing there looks through
-the other stores (the node's lease changed since ADD and the link was moved).
+Requests that must not move the link (CHECK) or need no subnet.env (DEL, GC) use
+whatever `<dataDir>/<name>` is (the symlink, a legacy directory, or nothing); DEL that
+finds nothing there looks through the other stores (the node's lease changed since ADD
+and the link was moved).
 """
 from __future__ import annotations
 
@@ -136,7 +137,8 @@ class SharedStore(DiskStore):
 # ---------------------------------------------------------------- the links
 
 
-def open_store(data_dir: str, network: str, range_sets: Optional[Sequence[Sequence[Range]]] = None) -> SharedStore:
+def open_store(data_dir: str, network: str,
+               range_sets: Optional[Sequence[Sequence[Range]]] = None) -> SharedStore:
     """The store `network` allocates from. With `range_sets` (ADD, CHECK) the by-name link is
     made or moved to the store of those subnets first; without, it is used as it is."""
     if range_sets:

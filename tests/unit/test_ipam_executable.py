@@ -163,4 +163,5 @@ def test_8_processes_x_30_adds_then_exhaustion_then_dels(exe, node):
         dels = list(pool.map(lambda cid: del_in_process(node, cid), cids))
     assert dels == [(0, b"")] * 253
     assert node.held() == []
-    assert sorted(os.listdir(node.data_dir / "cbr0")) == ["boot_id", "last_reserved_ip.0", "lock"]
+    assert sorted(os.listdir(node.data_dir / "cbr0")) == ["boot_id", "last_reserved_ip.0", "lock", "owners"]
+    assert os.listdir(node.data_dir / "cbr0" / "owners" / "cbr0") == []

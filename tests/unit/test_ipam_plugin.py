@@ -186,7 +186,8 @@ def test_gc_keeps_valid_attachments_and_skips_bookkeeping_files(node):
     valid = [{"containerID": "keep", "ifname": "eth0"}]
     assert node.call("GC", **{"cni.dev/valid-attachments": valid}) == (0, None)
     assert list(node.held().values()) == ["keep\r\neth0"]
-    assert sorted(os.listdir(d)) == ["10.244.1.2", "boot_id", "last_reserved_ip.0", "lock"]
+    assert sorted(os.listdir(d)) == ["10.244.1.2", "boot_id", "last_reserved_ip.0", "lock", "owners"]
+    assert os.listdir(d / "owners" / "cbr0") == ["10.244.1.2"]  # GC freed the others' markers too
 
 
 def test_gc_accepts_the_older_key_and_an_empty_list(node):
