@@ -152,8 +152,8 @@ class Podman:
                                f"{proc.stdout.decode()[-1000:]} {proc.stderr.decode()[-2000:]}")
         return proc.stdout.decode()
 
-    def run(self, name: str, *flags: str) -> None:
-        self("run", "-d", "--name", name, *RUN_FLAGS, *flags, IMAGE, "sleep", "600")
+    def run(self, name: str, *flags: str, command: tuple[str, ...] = ("sleep", "600")) -> None:
+        self("run", "-d", "--name", name, *RUN_FLAGS, *flags, IMAGE, *command)
 
     def exec(self, name: str, *cmd: str, check: bool = True) -> str:
         return self("exec", name, *cmd, check=check)

@@ -5,12 +5,14 @@ has two flannelette networks on the node's one subnet and cni0: `flt-a` (flannel
 portmap, the default) and `flt-b` (flannelette alone). Containers ping across nodes,
 take a requested --ip and --mac-address, get `flt-b` connected and disconnected as a
 second interface without losing eth0's routes, and `podman rm` leaves no veth, no
-reservation, no plugin state and no libcni cache entry.
+reservation, no plugin state and no libcni cache entry; a published port (-p, the chained
+portmap) answers on the node's address from the other node.
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 
 import pytest
 
@@ -126,3 +128,21 @@ def test_network_connect_and_disconnect_keep_eth0(podman_cluster):
     two("rm", "--force", "--time", "0", "peer")
     for engine in (one, two):
         assert _leftovers(engine) == NOTHING_LEFT
+
+
+CONNECT = ("import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5); "
+           "s.settimeout(5); print(s.recv(100).decode().strip())")
+
+
+def test_published_port_through_portmap(podman_cluster):
+    cluster, (one, _two) = podman_cluster
+    node1, node2 = cluster.nodes
+    one.run("web", "--network", "flt-a", "--hostname", "flt-web", "-p", "8080:80",
+            command=("nc", "-ll", "-p", "80", "-e", "/bin/hostname"))
+    cid = one.inspect("web")["Id"]
+    assert cid in node1.ns.out("iptables-save", "-t", "nat")  # portmap's DNAT for this container
+    reply = node2.ns.run(sys.executable, "-c", CONNECT, node1.ip, "8080").stdout.decode().strip()
+    assert reply == "flt-web"
+    one("rm", "--force", "--time", "0", "web")
+    assert cid not in node1.ns.out("iptables-save", "-t", "nat")
+    assert _leftovers(one) == NOTHING_LEFT
