@@ -77,6 +77,14 @@ class SharedStore(DiskStore):
     def __init__(self, data_dir: str, network: str):
         super().__init__(data_dir, network)
         self.network = network
+        self._every_network = False
+
+    def _reclaim_earlier_boot(self) -> None:
+        self._every_network = True  # a reboot frees every network's reservations, not only ours
+        try:
+            super()._reclaim_earlier_boot()
+        finally:
+            self._every_network = False
 
     def _marker(self, network: str, ip: IPAddr) -> str:
         return os.path.join(self.dir, OWNERS_DIR, network, str(ip))
@@ -105,6 +113,8 @@ class SharedStore(DiskStore):
 
     def list_all(self) -> list[Reservation]:
         """This network's reservations and unmarked ones: what GC of this network may free."""
+        if self._every_network:
+            return super().list_all()
         others = set()
         for network in self._owner_networks():
             if network != self.network:

@@ -138,3 +138,16 @@ def test_del_finds_the_address_after_the_subnet_moved(node):
     assert os.readlink(node.data_dir / "cbr0") == os.path.join(SUBNETS_DIR, "10.244.7.0_24")
     node.call("DEL", "cbr0", "c1")
     assert node.held() == {}
+
+
+def test_a_reboot_frees_every_networks_reservations_at_the_first_operation(node, tmp_path, monkeypatch):
+    from ipam import boot
+    boot_file = tmp_path / "boot_id"
+    boot_file.write_text("boot-one\n")
+    monkeypatch.setenv(boot.BOOT_ID_ENV, str(boot_file))
+    node.add("cbr0", "a1")
+    node.add("flannel", "b1")
+    assert len(node.held()) == 2
+    boot_file.write_text("boot-two\n")  # the node rebooted
+    node.add("cbr0", "a2")  # the first operation of the new boot, by one network
+    assert [cid for cid, _ in node.held().values()] == ["a2"]
