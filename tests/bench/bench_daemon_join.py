@@ -1,4 +1,4 @@
-"""Benchmark: the real flanneletted (vxlan) joins a cluster of N existing leases (issue 4 item 11).
+"""Benchmark: the real flanneletted (vxlan) joins a cluster of N existing leases.
 
 Setup, all inside `flt-` namespaces: an underlay with a real etcd, N peer leases put
 into it by a small pyetcd client run inside the underlay namespace (all N keys share

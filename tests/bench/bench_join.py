@@ -1,4 +1,4 @@
-"""Benchmark: a node joins a cluster of N existing vxlan leases (issue 4 item 11).
+"""Benchmark: a node joins a cluster of N existing vxlan leases.
 
 Each round builds a fresh node namespace (uplink eth0 on an underlay switch), then
 runs a child process inside it that imports what the daemon imports

@@ -1,4 +1,4 @@
-"""podman as a runtime (issue 12): Debian's podman 4.3 with the CNI backend on two flannelette nodes.
+"""podman as a runtime: Debian's podman 4.3 with the CNI backend on two flannelette nodes.
 
 Two vxlan nodes run flanneletted; on each, podman (confined as tests/e2e/podman.py says)
 has two flannelette networks on the node's one subnet and cni0: `flt-a` (flannelette +

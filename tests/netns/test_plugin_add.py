@@ -1,4 +1,4 @@
-"""ADD: the result per CNI version and the kernel state it describes (issue 3 item 1)."""
+"""ADD: the result per CNI version and the kernel state it describes."""
 from __future__ import annotations
 
 import ipaddress

@@ -1,4 +1,4 @@
-"""ADD that fails leaves nothing behind; ADD retried after a kill gives the same address (item 2)."""
+"""ADD that fails leaves nothing behind; ADD retried after a kill gives the same address."""
 from __future__ import annotations
 
 import json

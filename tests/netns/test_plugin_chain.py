@@ -1,4 +1,4 @@
-"""flannelette as the first plugin of a conflist, followed by portmap, bandwidth and tuning (item 6).
+"""flannelette as the first plugin of a conflist, followed by portmap, bandwidth and tuning.
 
 The chain is driven the way libcni drives it: ADD in order, each plugin getting the
 previous result as prevResult and its capabilities' runtimeConfig; CHECK in order and

@@ -1,4 +1,4 @@
-"""Crash safety of the plugin: SIGKILL at random moments of ADD and DEL (issue 9 item 1).
+"""Crash safety of the plugin: SIGKILL at random moments of ADD and DEL.
 
 Three ways a node loses a CNI call half-way, each through the installed executable:
 - the in-process stack (fast path off) killed;

@@ -1,4 +1,4 @@
-"""DEL is forgiving (item 3); CHECK compares the kernel with prevResult (item 4)."""
+"""DEL is forgiving; CHECK compares the kernel with prevResult."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Load: many pods added then deleted 16 at a time through the installed executable (issue 9 item 7).
+"""Load: many pods added then deleted 16 at a time through the installed executable.
 
 Once with the fast-path server up, once with it down (the shim finds nobody on the
 socket and runs the handlers in-process, as on a node whose daemon is stopped). All

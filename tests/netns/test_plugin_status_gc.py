@@ -1,4 +1,4 @@
-"""STATUS and GC (issue 3 item 5)."""
+"""STATUS and GC."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Issue 9 item 8: the installed plugin, both paths, leaves nothing world-writable under umask 000."""
+"""The installed plugin, both paths, leaves nothing world-writable under umask 000."""
 from __future__ import annotations
 
 import os

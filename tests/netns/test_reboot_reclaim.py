@@ -1,4 +1,4 @@
-"""Issue 9 item 2: a reboot leaks no address, through the installed executable on both paths.
+"""A reboot leaks no address, through the installed executable on both paths.
 
 The boot id is read from a file the test owns (FLANNELETTE_BOOT_ID_FILE, in the plugin's
 environment for the in-process path and in the fast-path server's for the fast path); a

@@ -77,7 +77,7 @@ def test_plugin_errors_name_the_field(extra, field):
     assert code == 7 and f"'{field}'" in msg
 
 
-# ---------------------------------------------------------------- requested MAC (issue 12)
+# ---------------------------------------------------------------- requested MAC
 
 
 def _mac(env_args=None, **fields):

@@ -1,4 +1,4 @@
-"""One IPAM store per subnet (issue 12): two network names on one subnet, GC per network, upgrade.
+"""One IPAM store per subnet: two network names on one subnet, GC per network, upgrade.
 
 The first test runs the real `flannelette-ipam` executable as a runtime does; the others
 call the same handlers in process (conf.dispatch.run), which is quicker. No root needed.

@@ -1,4 +1,4 @@
-"""Issue 9 item 8: least privilege, checked without a cluster.
+"""Least privilege, checked without a cluster.
 
 - no shell ever runs a command we build: a scan of every source for shell=True, os.system
   and friends, and for commands built as strings; a hostile plugin name reaches exec as
