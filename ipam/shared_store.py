@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 from conf.errors import IOFailureError
+from conf.flannel import ensure_dir
 from ipam.allocator import Range
 from ipam.disk_store import DiskStore
 from ipam.store import IPAddr, Reservation
@@ -95,7 +96,7 @@ class SharedStore(DiskStore):
         marker = self._marker(self.network, ip)
         had_marker = os.path.lexists(marker)
         if not had_marker:
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            ensure_dir(os.path.dirname(marker))
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
         if super().reserve(container_id, ifname, ip, range_id):
             return True
@@ -104,12 +105,14 @@ class SharedStore(DiskStore):
         return False
 
     def release(self, ip: IPAddr) -> None:
-        super().release(ip)
+        # Markers first: a crash in between leaves an unmarked reservation, which the
+        # retried DEL (or any GC) still frees, never a marker nobody would remove.
         for network in self._owner_networks():
             try:
                 os.unlink(self._marker(network, ip))
             except FileNotFoundError:
                 pass
+        super().release(ip)
 
     def list_all(self) -> list[Reservation]:
         """This network's reservations and unmarked ones: what GC of this network may free."""
@@ -179,7 +182,7 @@ def ensure_store_link(data_dir: str, network: str, key: str) -> None:
         return  # the common case: one readlink
     try:
         with _migration_lock(data_dir):
-            os.makedirs(os.path.join(data_dir, target), mode=0o755, exist_ok=True)
+            ensure_dir(os.path.join(data_dir, target))
             for _attempt in range(3):
                 if _link_target(link) == target:
                     return
@@ -195,7 +198,7 @@ def ensure_store_link(data_dir: str, network: str, key: str) -> None:
 @contextmanager
 def _migration_lock(data_dir: str) -> Iterator[None]:
     root = os.path.join(data_dir, SUBNETS_DIR)
-    os.makedirs(root, mode=0o755, exist_ok=True)
+    ensure_dir(root)
     fd = os.open(os.path.join(root, MIGRATION_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -259,7 +262,7 @@ def _adopt(data_dir: str, name: str, key: str) -> None:
     with legacy.locked(), store.locked():
         for ip in _ips_in(legacy.dir):
             marker = store._marker(name, ip)
-            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            ensure_dir(os.path.dirname(marker))
             held = legacy._read(ip)
             if not os.path.lexists(store._path(ip)):
                 os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))

@@ -92,7 +92,7 @@ def _load_run(cni, count: int, label: str) -> str:
         view = audit_stores(f"{cni.ipam_dir}/flt-net", f"{cni.data_dir}/flt-net", SUBNET)
         assert view.reservations == {a: (f"load-{i}", "eth0") for i, a in enumerate(addresses)}
         assert set(view.states) == {(f"load-{i}", "eth0") for i in range(count)}
-        assert not (view.ipam_temp or view.staging)
+        assert not (view.ipam_temp or view.staging) and len(view.owner_markers) == count
         host_veths = {o.result["interfaces"][1]["name"] for o in adds}
         assert len(host_veths) == count and _cni0_ports(cni) == host_veths
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from cni_plugin.state import AttachmentState
+from ipam.shared_store import OWNERS_DIR
 from tests.support.cni import cni_env
 
 SOAK = bool(os.environ.get("FLT_SOAK"))
@@ -108,13 +109,15 @@ class StoreView:
     ipam_temp: list[str] = field(default_factory=list)
     states: dict[tuple[str, str], AttachmentState] = field(default_factory=dict)
     staging: list[str] = field(default_factory=list)
+    owner_markers: list[str] = field(default_factory=list)  # "<network>/<ip>" (ipam.shared_store)
 
     def held_by(self, cid: str, ifname: str = "eth0") -> list[str]:
         return sorted(ip for ip, owner in self.reservations.items() if owner == (cid, ifname))
 
     @property
     def empty(self) -> bool:
-        return not (self.reservations or self.ipam_temp or self.states or self.staging)
+        return not (self.reservations or self.ipam_temp or self.states or self.staging
+                    or self.owner_markers)
 
 
 def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreView:
@@ -125,6 +128,9 @@ def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreVie
         path = os.path.join(ipam_net_dir, name)
         if name.startswith("."):
             view.ipam_temp.append(name)
+            continue
+        if name == OWNERS_DIR:
+            view.owner_markers += _audit_owner_markers(path, net)
             continue
         data = _read(path)
         if name in IPAM_FILES or data is None:
@@ -160,6 +166,19 @@ def audit_stores(ipam_net_dir: str, state_net_dir: str, subnet: str) -> StoreVie
         assert name == f"{state.container_id}:{state.ifname}.json", f"{path} holds {state.container_id}"
         view.states[(state.container_id, state.ifname)] = state
     return view
+
+
+def _audit_owner_markers(owners_dir: str, net) -> list[str]:
+    """The shared store's `owners/<network>/<ip>` markers: empty files named by an address."""
+    found = []
+    for network in _listing(owners_dir):
+        for name in _listing(os.path.join(owners_dir, network)):
+            ip = ipaddress.ip_address(name)  # ValueError: a file that should not be there
+            assert ip in net, f"owner marker {network}/{name} outside {net}"
+            assert _read(os.path.join(owners_dir, network, name)) in (b"", None), \
+                f"owner marker {network}/{name} is not empty"
+            found.append(f"{network}/{name}")
+    return found
 
 
 def _listing(directory: str) -> list[str]:
