@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(1800)
 AT_ONCE = 16
 SUBNET = "10.244.0.0/22"  # 1021 pod addresses: every pod of the largest run alive at once
 FAST_PODS = trial_count(500, 1000)
-DOWN_PODS = trial_count(50, 500)
+DOWN_PODS = trial_count(500, 1000)
 
 
 class Pods:
