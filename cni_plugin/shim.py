@@ -6,7 +6,8 @@ C-level stdlib modules (sys, posix, _socket, _json): `json`, `socket` or `os` wo
 It forwards the request (CNI_* env, stdin, an open fd of CNI_NETNS over SCM_RIGHTS) to the
 daemon socket named by the config's `daemonSocket` and prints the reply. When the daemon
 cannot be reached, or the config is too broken to tell where it is, the same handlers run
-in-process (slow but identical). `flannelette status` shows the node's leases.
+in-process (slow but identical). `flannelette status` shows the node's leases;
+`flannelette doctor` is handed to the daemon's executable (daemon/doctor/).
 In the frozen build packaging/launcher.c runs this module as `flannelette_shim`.
 
 Wire format (daemon/cni_server.py is the other end):
@@ -179,6 +180,18 @@ def _exec_full_stack(stdin):
     posix.execv(_full_stack(), [sys.argv[0]])
 
 
+def _exec_doctor(args):
+    """`flannelette doctor` runs in the daemon's stack (it reads etcd, which the CNI
+    executables leave out): `flanneletted doctor` of the frozen build, next to this one;
+    in the script form `python -m daemon.doctor` on this interpreter's path."""
+    if getattr(sys, "frozen", False):
+        exe = sys.executable.rpartition("/")[0] + "/flanneletted"
+        posix.execv(exe, [exe, "doctor", *args])
+    env = dict(posix.environ)
+    env[b"PYTHONPATH"] = ":".join(sys.path).encode()
+    posix.execve(sys.executable, [sys.executable, "-m", "daemon.doctor", *args], env)
+
+
 def run_in_process(stdin, fd=-1):
     """The slow path: the same handlers, in this process. Does not return."""
     if fd >= 0:
@@ -244,6 +257,8 @@ def main():
             posix.execv(_full_stack(), argv)
         from cni_plugin.status import main as status_main
         sys.exit(status_main(argv[2:]))
+    if len(argv) > 1 and argv[1] == "doctor":  # etcd and the daemon's readers: its executable
+        return _exec_doctor(argv[2:])
     status = run_cni()
     posix._exit(status)  # everything went out through posix.write: skip interpreter teardown
 

@@ -397,9 +397,13 @@ class Daemon:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["doctor"]:  # `flannelette doctor` lands here (cni_plugin/shim.py): reads only
+        from daemon.doctor.cli import main as doctor_main
+        return doctor_main(args[1:])
     limit_arenas()  # before any thread starts (daemon.memory)
     try:
-        settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ)
+        settings = parse_settings(args, os.environ)
     except SettingsError as e:
         print(f"flanneletted: {e}", file=sys.stderr)
         return 2
