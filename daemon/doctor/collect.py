@@ -22,7 +22,7 @@ from typing import Optional
 from cni_plugin import links as pod_links
 from cni_plugin.podns import netlink_in
 from cni_plugin.rtnl import NetlinkError, RtnlSocket
-from conf.flannel import load_lease
+from conf.flannel import Lease, load_lease
 from daemon import links as node_links
 from daemon import netlink as nl
 from daemon.doctor.facts import Iface, PathFacts, PeerLease, Probes, Route
@@ -136,15 +136,19 @@ def read_lease(f: PathFacts, registry: Registry) -> None:
         _rev, kvs = registry.list_leases()
         for kv in kvs:
             lease = load_lease(kv.key, kv.value)
-            if f.dest not in lease.subnet:
-                continue
-            f.dest_subnet = lease.subnet
-            ttl = registry.time_to_live(kv.lease_id) if kv.lease_id else None
-            vx = lease.attrs.vxlan if lease.attrs.backend_type == "vxlan" else None
-            f.lease = PeerLease(lease.subnet, str(lease.attrs.public_ip), lease.attrs.backend_type,
-                                vx.vtep_mac if vx else "", ttl)
+            if f.dest in lease.subnet:
+                f.dest_subnet = lease.subnet
+                f.lease = peer_lease(lease, kv.lease_id, registry)
     except (RegistryError, ValueError) as e:
         f.etcd_error = str(e) or type(e).__name__
+
+
+def peer_lease(lease: Lease, lease_id: int, registry: Registry) -> PeerLease:
+    """A lease as the doctor sees it, with the seconds its etcd lease has left."""
+    ttl = registry.time_to_live(lease_id) if lease_id else None
+    vx = lease.attrs.vxlan if lease.attrs.backend_type == "vxlan" else None
+    return PeerLease(lease.subnet, str(lease.attrs.public_ip), lease.attrs.backend_type,
+                     vx.vtep_mac if vx else "", ttl)
 
 
 def _ping(address: str, size: int = 56, dont_fragment: bool = False) -> bool:
@@ -170,6 +174,11 @@ def probe(f: PathFacts) -> None:
 
 def read_iptables(f: PathFacts) -> None:
     """IPv4 rules of every iptables backend present (a DROP in either one drops)."""
+    f.iptables = iptables_saves()
+
+
+def iptables_saves() -> dict[str, str]:
+    saves: dict[str, str] = {}
     backends = [b for b in ("legacy", "nft") if shutil.which(f"iptables-{b}-save")] or [""]
     for backend in backends:
         tool = f"iptables-{backend}-save" if backend else "iptables-save"
@@ -178,7 +187,8 @@ def read_iptables(f: PathFacts) -> None:
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0:  # "" when the backend has no tables: nothing filtered there
-            f.iptables[backend] = out.stdout
+            saves[backend] = out.stdout
+    return saves
 
 
 def read_sysctls(f: PathFacts) -> None:

@@ -1,4 +1,5 @@
-"""`flannelette doctor --from POD --to ADDRESS` on a real cluster, broken one way at a time.
+"""`flannelette doctor --from POD --to ADDRESS` on a real cluster, broken one way at a time
+(and `flannelette doctor`, the node's own check, at the end).
 
 One vxlan cluster (two nodes, real etcd and daemons, pods wired by the installed plugin)
 for the whole module: each test breaks the path from pod `a` (node1) to pod `b` (node2)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import subprocess
 import time
@@ -48,11 +50,13 @@ class World:
 
     def doctor(self, to: str | None = None, source: str | None = None, node: Node | None = None,
                extra: tuple[str, ...] = ()) -> tuple[int, dict]:
+        """(exit status, JSON report) of the installed `flannelette doctor` run in `node`;
+        to="" runs the node doctor (no --from/--to)."""
         node = node or self.node1
         c = self.cluster
         assert c.etcd is not None
-        argv = ["ip", "netns", "exec", node.ns.name, f"{c.bin_dir}/flannelette", "doctor",
-                "--from", source or self.a.ns.path, "--to", to or self.b.ip, "--json",
+        path = () if to == "" else ("--from", source or self.a.ns.path, "--to", to or self.b.ip)
+        argv = ["ip", "netns", "exec", node.ns.name, f"{c.bin_dir}/flannelette", "doctor", *path, "--json",
                 "--conflist", self.conflist(node), "--etcd-endpoints", c.etcd.endpoint,
                 "--etcd-prefix", c.spec.prefix, "--cni-socket", node.cni_socket, *extra]
         proc = subprocess.run(argv, capture_output=True, timeout=60)
@@ -351,3 +355,42 @@ def test_forward_policy_drop_without_our_rules_is_the_forward_rules(world):
     finally:
         world.node1.ns.run("iptables-nft", "-w", "-P", "FORWARD", "ACCEPT")
     world.assert_sound()
+
+
+# ---------------------------------------------------------------- the node doctor
+
+
+def test_a_sound_node_is_reported_sound(world):
+    code, report = world.doctor(to="")
+    assert code == 0, json.dumps(report, indent=1)
+    assert [h["name"] for h in report["hops"]] == ["daemon", "lease", "subnet-env", "peers", "ipam"]
+    assert "1 of 1 peers programmed" in report["hops"][3]["found"]
+    assert "2 of 253 addresses reserved" in report["hops"][4]["found"], report["hops"][4]
+
+
+def test_a_stopped_daemon_fails_the_node_doctor_and_a_lost_route_names_the_peer(world):
+    world.node1.stop_daemon()
+    try:
+        world.node1.ns.run("ip", "route", "del", str(world.node2.subnet))
+        code, report = world.doctor(to="")
+        assert code == 1 and report["first_failure"] == "daemon", json.dumps(report, indent=1)
+        peers = next(h for h in report["hops"] if h["name"] == "peers")
+        assert not peers["ok"] and f"{world.node2.subnet} ({world.node2.ip}): node-route" in peers["found"], peers
+        assert [h["name"] for h in report["hops"] if not h["ok"]] == ["daemon", "peers"]
+    finally:
+        world.restart(world.node1)
+    assert world.doctor(to="")[0] == 0
+
+
+def test_a_reservation_of_a_pod_that_is_gone_fails_the_ipam_check(world):
+    ip = str(world.node1.subnet.network_address + 200)
+    leaked = f"{world.node1.ipam_data}/cbr0/{ip}"
+    with open(leaked, "w") as fh:
+        fh.write("c0ffee-gone-container\r\neth0")
+    try:
+        code, report = world.doctor(to="")
+        assert code == 1 and report["first_failure"] == "ipam", json.dumps(report, indent=1)
+        assert f"pods gone: {ip} (c0ffee-gone-" in report["hops"][-1]["found"]
+    finally:
+        os.unlink(leaked)
+    assert world.doctor(to="")[0] == 0
