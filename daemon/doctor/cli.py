@@ -197,7 +197,7 @@ def render(report: Report) -> str:
         if hop.ok:
             lines.append(f"  ok    {hop.name.ljust(width)}  {hop.found}")
             continue
-        pad = " " * (width + 8)
+        pad = " " * (width + 10)
         lines.append(f"  FAIL  {hop.name.ljust(width)}  found:    {hop.found}")
         lines.append(f"{pad}expected: {hop.expected}")
         if hop.fix:

@@ -159,6 +159,8 @@ def explore(cluster: Cluster) -> str:
         f"  ip netns exec {ul} etcdctl --endpoints {cluster.etcd.endpoint} "
         f"get --prefix {cluster.spec.prefix}",
         f"  ip netns exec {n1.ns.name} {cluster.bin_dir}/flannelette status --socket {n1.cni_socket}",
+        "  why can't a pod reach another? (without --from/--to: is the node sound?)",
+        "  " + " ".join(n1.doctor_argv("--from", p1.ns.name, "--to", p2.ip)),
         f"  daemon logs: {os.path.dirname(n1.log_path).rsplit('/', 1)[0]}/node*/flanneletted.log",
         "Tear it down with: make demo-down"])
 

@@ -64,11 +64,14 @@ class Node:
         self.plugin_data = os.path.join(directory, "var/lib/cni/flannelette")
         self.ipam_data = os.path.join(directory, "var/lib/cni/networks")
         self.log_path = os.path.join(directory, "flanneletted.log")
+        self.conflist_path = os.path.join(directory, "10-flannelette.conf")  # for `flannelette doctor`
         if len(self.cni_socket.encode()) > 107:  # sun_path holds 108 bytes with the NUL
             raise ValueError(f"{self.cni_socket} is too long for a unix socket: "
                              "use a shorter cluster workdir")
         # A node forwards between cni0 and the underlay, as kubelet/kube-proxy hosts do.
         self.ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        with open(self.conflist_path, "w") as f:
+            json.dump(self.network_config(), f)
 
     @property
     def ip(self) -> str:
@@ -156,6 +159,15 @@ class Node:
         return (f"=== {self.name} ({self.ns.name}, public IP {self.ip})\n"
                 f"--- routes\n{plane['routes']}--- neighbours (permanent)\n{plane['neigh']}"
                 f"--- FDB flannel.1\n{plane['fdb']}")
+
+    def doctor_argv(self, *args: str) -> list[str]:
+        """`flannelette doctor ARGS` as an operator runs it on this node, with the flags that
+        point it at this node's config, etcd and socket."""
+        c = self.cluster
+        assert c.etcd is not None
+        return ["ip", "netns", "exec", self.ns.name, os.path.join(c.bin_dir, "flannelette"), "doctor", *args,
+                "--conflist", self.conflist_path, "--etcd-endpoints", c.etcd.endpoint,
+                "--etcd-prefix", c.spec.prefix, "--cni-socket", self.cni_socket]
 
     # ------------------------------------------------------------ pods
 

@@ -39,26 +39,15 @@ class World:
         self.a: Pod = cluster.add_pod(self.node1)
         self.b: Pod = cluster.add_pod(self.node2)
         self.a2: Pod = cluster.add_pod(self.node1)
-        for node in cluster.nodes:
-            with open(self.conflist(node), "w") as fh:
-                json.dump(node.network_config(), fh)
         self.runs = 0
-
-    @staticmethod
-    def conflist(node: Node) -> str:
-        return f"{node.dir}/10-flannelette.conf"
 
     def doctor(self, to: str | None = None, source: str | None = None, node: Node | None = None,
                extra: tuple[str, ...] = ()) -> tuple[int, dict]:
         """(exit status, JSON report) of the installed `flannelette doctor` run in `node`;
         to="" runs the node doctor (no --from/--to)."""
         node = node or self.node1
-        c = self.cluster
-        assert c.etcd is not None
         path = () if to == "" else ("--from", source or self.a.ns.path, "--to", to or self.b.ip)
-        argv = ["ip", "netns", "exec", node.ns.name, f"{c.bin_dir}/flannelette", "doctor", *path, "--json",
-                "--conflist", self.conflist(node), "--etcd-endpoints", c.etcd.endpoint,
-                "--etcd-prefix", c.spec.prefix, "--cni-socket", node.cni_socket, *extra]
+        argv = node.doctor_argv(*path, "--json", *extra)
         proc = subprocess.run(argv, capture_output=True, timeout=60)
         self.runs += 1
         assert not proc.stderr.strip() or b"Traceback" not in proc.stderr, proc.stderr.decode()
