@@ -383,3 +383,25 @@ def test_a_reservation_of_a_pod_that_is_gone_fails_the_ipam_check(world):
     finally:
         os.unlink(leaked)
     assert world.doctor(to="")[0] == 0
+
+
+# ---------------------------------------------------------------- routed data planes
+
+
+@pytest.mark.parametrize("data_plane", [("host-gw", False), ("vxlan", True)], ids=["host-gw", "vxlan-directrouting"])
+def test_direct_routes_are_checked_via_the_peer_public_ip(data_plane):
+    """host-gw and DirectRouting peers on the same segment: no VXLAN hops; the route via the
+    peer's public IP is the one that matters (deleted here with the daemon stopped)."""
+    backend, direct = data_plane
+    with started_cluster(ClusterSpec(backend=backend, direct_routing=direct, nodes=2)) as cluster:
+        w = World(cluster)
+        report = w.assert_sound()
+        names = [h["name"] for h in report["hops"]]
+        assert "vxlan-fdb" not in names and "vxlan-neighbour" not in names, names
+        route = next(h for h in report["hops"] if h["name"] == "node-route")
+        assert f"via {w.node2.ip}" in route["found"], route
+        assert w.a.ping(w.b.ip, wait=2)
+        w.node1.stop_daemon()
+        w.node1.ns.run("ip", "route", "del", str(w.node2.subnet))
+        report = w.assert_broken("node-route")
+        assert not w.a.ping(w.b.ip, wait=0.5)
