@@ -41,13 +41,13 @@ class World:
         self.a2: Pod = cluster.add_pod(self.node1)
         self.runs = 0
 
-    def doctor(self, to: str | None = None, source: str | None = None, node: Node | None = None,
-               extra: tuple[str, ...] = ()) -> tuple[int, dict]:
+    def doctor(self, to: str | None = None, source: str | None = None,
+               node: Node | None = None) -> tuple[int, dict]:
         """(exit status, JSON report) of the installed `flannelette doctor` run in `node`;
         to="" runs the node doctor (no --from/--to)."""
         node = node or self.node1
         path = () if to == "" else ("--from", source or self.a.ns.path, "--to", to or self.b.ip)
-        argv = node.doctor_argv(*path, "--json", *extra)
+        argv = node.doctor_argv(*path, "--json")
         proc = subprocess.run(argv, capture_output=True, timeout=60)
         self.runs += 1
         assert not proc.stderr.strip() or b"Traceback" not in proc.stderr, proc.stderr.decode()
@@ -180,6 +180,20 @@ def test_a_stopped_daemon_is_a_note_not_a_broken_hop(world):
         assert any("flanneletted does not answer" in n for n in report["notes"]), report["notes"]
     finally:
         world.restart(world.node1)
+
+
+def test_etcd_out_of_reach_is_the_peer_lease_and_the_kernel_hops_still_answer(world):
+    argv = world.node1.doctor_argv("--from", world.a.ns.path, "--to", world.b.ip, "--json")
+    argv[argv.index("--etcd-endpoints") + 1] = "http://127.0.0.1:1"  # nothing listens there
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, timeout=60)
+    took = time.monotonic() - start
+    code, report = proc.returncode, json.loads(proc.stdout)
+    assert code == 1 and report["first_failure"] == "peer-lease", json.dumps(report, indent=1)
+    hop = next(h for h in report["hops"] if h["name"] == "peer-lease")
+    assert hop["found"].startswith("cannot read etcd"), hop
+    assert all(h["ok"] for h in report["hops"] if h["name"] in ("node-route", "vxlan-neighbour", "vxlan-fdb"))
+    print(f"\ndoctor with etcd out of reach answered in {took:.1f} s")
 
 
 # ---------------------------------------------------------------- one break at a time
