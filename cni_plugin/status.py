@@ -7,7 +7,8 @@ the JSON its status provider returns. The report's shape, which `lease_entry` bu
      "network": "10.244.0.0/16",        # optional
      "leases": [{<entry>}, ...]}        # every node's lease, this one included
     entry = {"subnet", "ipv6Subnet", "publicIP", "backend", "vtepMAC",
-             "expires" (unix time, 0 = no TTL), "programmed" (bool: routes/FDB here)}
+             "expires" (unix time, 0 = no TTL), "programmed" (bool: routes/FDB here),
+             "reachable" (bool or null: the health mesh's last probe of a peer)}
 
 No daemon or etcd imports here: this runs inside the plugin executable.
 """
@@ -21,7 +22,8 @@ from typing import Any, Optional
 
 from cni_plugin import shim
 
-COLUMNS = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "PROGRAMMED")
+COLUMNS = ("SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES", "PROGRAMMED", "REACHABLE")
+REACHABLE = {True: "yes", False: "NO", None: "-"}  # None: this node, not probed yet, or no mesh
 
 
 def lease_entry(lease: Any, programmed: bool) -> dict:
@@ -79,6 +81,7 @@ def _row(entry: dict, now: float) -> tuple[str, ...]:
         entry.get("vtepMAC") or "-",
         describe_expiry(entry.get("expires"), now),
         "yes" if entry.get("programmed") else "no",
+        REACHABLE.get(entry.get("reachable"), "-"),
     )
 
 

@@ -108,6 +108,8 @@ class DaemonSettings(BaseModel):
     state_dir: str = DEFAULT_STATE_DIR
     lease_ttl: int = Field(default=DAY, ge=5, le=30 * DAY)  # seconds
     reconcile_interval: float = Field(default=10.0, gt=0, le=3600)  # seconds
+    health_probe_rate: float = Field(default=20.0, ge=0, le=1000)  # echoes/s to peers; 0: no mesh
+    health_probe_interval: float = Field(default=10.0, gt=0, le=86400)  # seconds between echoes to one peer
     v: int = Field(default=0, ge=0, le=10)
 
     @field_validator("etcd_endpoints", mode="before")

@@ -64,6 +64,7 @@ class Daemon:
         self.cni_server = None
         self._kernel_watch = None
         self._expiry: Optional[ExpiryCache] = None
+        self.mesh = None
 
     # ------------------------------------------------------------ phases
 
@@ -271,6 +272,16 @@ class Daemon:
         self.reconciler.start()
         self.watcher.start()
         self._kernel_watch = self.backend.watch_kernel(lambda: self.reconciler.trigger("kernel"))
+        self.start_mesh()
+
+    def start_mesh(self) -> None:
+        s = self.settings
+        if not s.health_probe_rate or self.config.backend.type == "alloc":
+            return
+        from daemon.mesh import HealthMesh
+        self.mesh = HealthMesh(self._peers, lambda: self.leases.own, self.metrics,
+                               s.health_probe_rate, s.health_probe_interval)
+        self.mesh.start()
 
     def _peers(self) -> list[Lease]:
         return [k.lease for k in self.watcher.leases()]
@@ -296,7 +307,8 @@ class Daemon:
         return build_report(self.config, self.leases.own if self.leases else None,
                             watcher.leases() if watcher else [], self.backend.programmed,
                             self._expiry, self.ready.is_set(),
-                            bool(watcher and watcher.connected), watcher.revision if watcher else 0)
+                            bool(watcher and watcher.connected), watcher.revision if watcher else 0,
+                            self.mesh.reachable if self.mesh else None)
 
     # ------------------------------------------------------------ the lease, for as long as we run
 
@@ -384,6 +396,7 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop our threads; the data plane, subnet.env and the lease stay as they are."""
         for name, stop in (("cni server", self.cni_server and self.cni_server.stop),
+                           ("health mesh", self.mesh and self.mesh.stop),
                            ("kernel watch", getattr(self._kernel_watch, "stop", None)),
                            ("watcher", self.watcher and self.watcher.stop),
                            ("reconciler", self.reconciler and self.reconciler.stop),

@@ -30,6 +30,10 @@ DESCRIPTIONS = {
     "duplicate_public_ip": ("gauge", "1 while another daemon with our public IP holds our subnet (we wait)."),
     "masquerade_repairs_total": ("counter", "Times missing masquerade rules were re-installed."),
     "ready": ("gauge", "1 once subnet.env is written."),
+    "peers_probed": ("gauge", "Peers the health mesh has probed at least once."),
+    "peers_unreachable": ("gauge", "Peers whose last health-mesh echo got no answer."),
+    "peer_unreachable": ("gauge", "1 for a peer whose last echo got no answer (series only for peers that failed)."),
+    "peer_rtt_seconds": ("summary", "Round-trip time of answered health-mesh echoes."),
 }
 
 

@@ -49,6 +49,8 @@ _FLAGS: list[tuple[str, str, str]] = [
     ("state-dir", "str", "daemon state (VTEP MAC), default /var/lib/flannelette"),
     ("lease-ttl", "str", "lease TTL in seconds (default 86400)"),
     ("reconcile-interval", "str", "seconds between periodic reconciles (default 10)"),
+    ("health-probe-rate", "str", "health mesh: echoes per second to peers, at most (default 20, 0 = off)"),
+    ("health-probe-interval", "str", "health mesh: seconds between two echoes to one peer, at least (default 10)"),
 ]
 
 

@@ -5,7 +5,8 @@ Shape (shared with cni_plugin/status.py, which prints it):
      "ready": bool, "etcd": {"connected": bool, "revision": int},
      "leases": [<entry>, ...]}          # every node, this one included, sorted by subnet
     entry = {"subnet", "ipv6Subnet", "publicIP", "backend", "vtepMAC",
-             "expires" (unix time, 0 = reservation without TTL), "programmed"}
+             "expires" (unix time, 0 = reservation without TTL), "programmed",
+             "reachable" (peers, with the health mesh on: true, false, null = not probed yet)}
 Expiry times come from etcd's TimeToLive, one request per etcd lease, cached by lease ID
 (a renewal creates a new ID), so only new leases cost a request; the unknown ones of a
 report are asked PREFETCH_WORKERS at a time (5000 nodes: thousands of round trips).
@@ -69,8 +70,10 @@ class ExpiryCache:
 
 def build_report(config: NetworkConfig, own: Optional[Lease], known: list[KnownLease],
                  programmed: Callable[[Lease], bool], expiry: Optional[ExpiryCache],
-                 ready: bool, connected: bool, revision: int) -> dict:
-    """The status report as a JSON-able dict (see the module docstring)."""
+                 ready: bool, connected: bool, revision: int,
+                 reachable: Optional[Callable[[Lease], Optional[bool]]] = None) -> dict:
+    """The status report as a JSON-able dict (see the module docstring); with `reachable`
+    (the health mesh) every peer's entry says whether its last probe was answered."""
     entries = []
     ask_etcd = expiry is not None and connected
     listed = list(known)
@@ -87,6 +90,8 @@ def build_report(config: NetworkConfig, own: Optional[Lease], known: list[KnownL
         lease = item.lease
         is_own = own is not None and lease.subnet == own.subnet
         entry = lease_entry(lease, True if is_own else _safe(programmed, lease))
+        if reachable is not None and not is_own:
+            entry["reachable"] = reachable(lease)
         if is_own:
             entry["expires"] = own.expiration
         elif ask_etcd:

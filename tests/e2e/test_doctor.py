@@ -88,7 +88,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with started_cluster(ClusterSpec(backend="vxlan", nodes=2)) as cluster:
+    spec = ClusterSpec(backend="vxlan", nodes=2, daemon_args=("--health-probe-interval", "0.5"))
+    with started_cluster(spec) as cluster:
         w = World(cluster)
         yield w
         print(f"\ndoctor runs: {w.runs}")
@@ -358,6 +359,52 @@ def test_forward_policy_drop_without_our_rules_is_the_forward_rules(world):
     finally:
         world.node1.ns.run("iptables-nft", "-w", "-P", "FORWARD", "ACCEPT")
     world.assert_sound()
+
+
+# ---------------------------------------------------------------- the health mesh
+
+
+def _reachable(w: World) -> dict[str, object]:
+    """node1's `flannelette status --json`: peer subnet -> reachable."""
+    out = w.node1.ns.run(f"{w.cluster.bin_dir}/flannelette", "status", "--socket", w.node1.cni_socket,
+                         "--json").stdout
+    return {e["subnet"]: e.get("reachable") for e in json.loads(out)["leases"]
+            if e["subnet"] != str(w.node1.subnet)}
+
+
+def _wait_reachable(w: World, want: bool, timeout: float = 15.0) -> float:
+    start = time.monotonic()
+    while True:
+        if _reachable(w).get(str(w.node2.subnet)) is want:
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, (want, _reachable(w), w.node1.log_tail())
+        time.sleep(0.2)
+
+
+def _metrics(node: Node) -> str:
+    return node.ns.out("curl", "-sf", "http://127.0.0.1:8471/metrics")
+
+
+def test_the_health_mesh_shows_a_broken_pair_in_status_and_metrics(world):
+    """VXLAN dropped on the underlay: node1's mesh marks node2 unreachable (status column,
+    /metrics), and reachable again once the rule goes."""
+    _wait_reachable(world, True)
+    peer = str(world.node2.subnet)
+    switch = world.cluster.underlay.ns
+    rule = ("FORWARD", "-p", "IPv4", "--ip-proto", "udp", "--ip-dport", "8472", "-j", "DROP")
+    switch.run("ebtables", "-A", *rule)
+    try:
+        down = _wait_reachable(world, False)
+        metrics = _metrics(world.node1)
+        assert f'flannelette_peer_unreachable{{peer="{peer}"}} 1' in metrics, metrics
+        assert "flannelette_peers_unreachable 1" in metrics
+    finally:
+        switch.run("ebtables", "-D", *rule)
+    up = _wait_reachable(world, True)
+    metrics = _metrics(world.node1)
+    assert f'flannelette_peer_unreachable{{peer="{peer}"}} 0' in metrics and "flannelette_peers_unreachable 0" in metrics
+    assert "flannelette_peer_rtt_seconds_count" in metrics
+    print(f"\nmesh (one echo per peer every 0.5 s): unreachable after {down:.1f} s, reachable again after {up:.1f} s")
 
 
 # ---------------------------------------------------------------- the node doctor

@@ -110,9 +110,9 @@ REPORT = {
         {"subnet": "10.244.1.0/24", "publicIP": "192.0.2.11", "backend": "vxlan",
          "vtepMAC": "aa:bb:cc:00:00:01", "expires": 1000 + 86400, "programmed": False},
         {"subnet": "10.244.2.0/24", "publicIP": "192.0.2.12", "backend": "host-gw",
-         "vtepMAC": "", "expires": 0, "programmed": True},
+         "vtepMAC": "", "expires": 0, "programmed": True, "reachable": True},
         {"subnet": "10.244.3.0/24", "publicIP": "192.0.2.13", "backend": "vxlan",
-         "vtepMAC": "aa:bb:cc:00:00:03", "expires": 999, "programmed": True},
+         "vtepMAC": "aa:bb:cc:00:00:03", "expires": 999, "programmed": True, "reachable": False},
     ],
 }
 
@@ -122,10 +122,10 @@ def test_status_report_renders_every_lease():
     assert text.splitlines()[0] == ("this node: subnet 10.244.1.0/24, public IP 192.0.2.11, backend vxlan, "
                                     "VTEP MAC aa:bb:cc:00:00:01, lease expires in 24h00m")
     rows = [line.split() for line in text.splitlines()[3:]]
-    assert rows[0] == ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES", "PROGRAMMED"]
-    assert rows[1:] == [["10.244.1.0/24", "192.0.2.11", "vxlan", "aa:bb:cc:00:00:01", "in", "24h00m", "no"],
-                        ["10.244.2.0/24", "192.0.2.12", "host-gw", "-", "never", "yes"],
-                        ["10.244.3.0/24", "192.0.2.13", "vxlan", "aa:bb:cc:00:00:03", "expired", "yes"]]
+    assert rows[0] == ["SUBNET", "PUBLIC", "IP", "BACKEND", "VTEP", "MAC", "EXPIRES", "PROGRAMMED", "REACHABLE"]
+    assert rows[1:] == [["10.244.1.0/24", "192.0.2.11", "vxlan", "aa:bb:cc:00:00:01", "in", "24h00m", "no", "-"],
+                        ["10.244.2.0/24", "192.0.2.12", "host-gw", "-", "never", "yes", "yes"],
+                        ["10.244.3.0/24", "192.0.2.13", "vxlan", "aa:bb:cc:00:00:03", "expired", "yes", "NO"]]
 
 
 def test_status_command_asks_the_daemon(tmp_path):

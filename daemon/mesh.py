@@ -1,0 +1,211 @@
+"""The health mesh: this node pings every peer on a small, fixed budget.
+
+Each peer gets an ICMP echo to its VTEP address (`<subnet>.0`, through the tunnel) for
+vxlan, or to its public IP for host-gw; a peer is reachable while its last echo came
+back within TIMEOUT. The budget is a rate, not a round: at most `rate` echoes a second
+(default 20) and no peer more often than every `interval` seconds (default 10). A node
+sends the same few echoes a second whether the cluster has 10 nodes or 5000; at 5000 a
+full round takes 5000 / 20 = 250 s, so a broken pair shows within about four minutes,
+and each node answers about 20 echoes a second from the others.
+
+Exported: `/metrics` gauges peers_probed and peers_unreachable, peer_unreachable{peer}
+only for the unreachable ones (a series per peer per node would be 25 million series at
+5000 nodes), an RTT summary; `flannelette status` gets a "reachable" column.
+One raw ICMP socket (the daemon is root), one thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from conf.flannel import Lease
+
+log = logging.getLogger("flanneletted.mesh")
+
+TIMEOUT = 1.0  # seconds an echo may take
+TICK = 0.05
+_ECHO = struct.Struct("!BBHHH")  # type, code, checksum, id, seq
+ECHO_REQUEST, ECHO_REPLY = 8, 0
+
+
+@dataclass
+class PeerHealth:
+    target: str
+    reachable: Optional[bool] = None  # None: not probed yet
+    rtt: float = 0.0
+    last_probe: float = float("-inf")
+
+
+def probe_target(lease: Lease) -> str:
+    """The VTEP address for vxlan (the tunnel itself is probed), else the public IP."""
+    if lease.attrs.backend_type == "vxlan":
+        return str(lease.subnet.network_address)
+    return str(lease.attrs.public_ip)
+
+
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def echo_request(ident: int, seq: int, payload: bytes = b"flannelette-mesh") -> bytes:
+    head = _ECHO.pack(ECHO_REQUEST, 0, 0, ident, seq)
+    return _ECHO.pack(ECHO_REQUEST, 0, checksum(head + payload), ident, seq) + payload
+
+
+class Schedule:
+    """Which peers to probe now: oldest first, at most `rate` a second, none twice within
+    `interval`. Pure (the clock is passed in), so tests run it without sockets."""
+
+    def __init__(self, rate: float, interval: float):
+        self.rate, self.interval = rate, interval
+        self._credit = 0.0
+        self._last = None
+
+    def due(self, peers: dict[str, PeerHealth], now: float) -> list[str]:
+        if self._last is not None:
+            self._credit = min(self._credit + (now - self._last) * self.rate, max(self.rate, 1.0))
+        else:
+            self._credit = 1.0
+        self._last = now
+        ready = sorted((p.last_probe, key) for key, p in peers.items() if now - p.last_probe >= self.interval)
+        count = min(int(self._credit), len(ready))
+        self._credit -= count
+        return [key for _, key in ready[:count]]
+
+
+class HealthMesh:
+    def __init__(self, peers: Callable[[], list[Lease]], own: Callable[[], Optional[Lease]],
+                 metrics, rate: float = 20.0, interval: float = 10.0):
+        self._peers_of, self._own, self.metrics = peers, own, metrics
+        self.schedule = Schedule(rate, interval)
+        self.health: dict[str, PeerHealth] = {}  # subnet -> state
+        self._pending: dict[int, tuple[str, float]] = {}  # seq -> (subnet, sent at)
+        self._seq = 0
+        self._ident = os.getpid() & 0xFFFF
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._sock: Optional[socket.socket] = None
+
+    def start(self) -> None:
+        try:
+            self._sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except OSError as e:  # not root: no mesh, everything else runs
+            log.error("no health mesh: cannot open an ICMP socket error=%s", e)
+            self.metrics.inc("errors_total", where="mesh")
+            return
+        self._sock.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="health-mesh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+
+    def reachable(self, lease: Lease) -> Optional[bool]:
+        with self._lock:
+            peer = self.health.get(str(lease.subnet))
+            return peer.reachable if peer else None
+
+    # ------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                self._round(time.monotonic())
+            except Exception:  # a bug here must not stop the mesh for good
+                log.exception("health mesh round failed")
+                self.metrics.inc("errors_total", where="mesh")
+
+    def _round(self, now: float) -> None:
+        self._sync_peers()
+        self._receive()
+        with self._lock:
+            due = self.schedule.due(self.health, now)
+            for subnet in due:
+                self._send(subnet, now)
+            for seq, (subnet, sent) in list(self._pending.items()):
+                if now - sent > TIMEOUT:
+                    del self._pending[seq]
+                    self._mark(subnet, False)
+        self._export()
+
+    def _sync_peers(self) -> None:
+        own = self._own()
+        wanted = {str(lease.subnet): probe_target(lease) for lease in self._peers_of()
+                  if own is None or lease.subnet != own.subnet}
+        with self._lock:
+            for subnet in set(self.health) - set(wanted):
+                del self.health[subnet]
+                self.metrics.set("peer_unreachable", 0, peer=subnet)
+            for subnet, target in wanted.items():
+                peer = self.health.get(subnet)
+                if peer is None or peer.target != target:
+                    self.health[subnet] = PeerHealth(target)
+
+    def _send(self, subnet: str, now: float) -> None:
+        peer = self.health[subnet]
+        self._seq = (self._seq + 1) & 0xFFFF
+        peer.last_probe = now
+        try:
+            self._sock.sendto(echo_request(self._ident, self._seq), (peer.target, 0))
+        except OSError:  # no route, unreachable: an answer in itself
+            self._mark(subnet, False)
+            return
+        self._pending[self._seq] = (subnet, now)
+
+    def _receive(self) -> None:
+        while select.select([self._sock], [], [], 0)[0]:
+            try:
+                packet = self._sock.recv(2048)
+            except BlockingIOError:
+                return
+            header = (packet[0] & 0x0F) * 4  # raw IPv4 sockets deliver the IP header
+            if len(packet) < header + _ECHO.size:
+                continue
+            kind, _code, _sum, ident, seq = _ECHO.unpack_from(packet, header)
+            if kind != ECHO_REPLY or ident != self._ident:
+                continue
+            with self._lock:
+                sent = self._pending.pop(seq, None)
+                if sent is None:
+                    continue
+                subnet, at = sent
+                peer = self.health.get(subnet)
+                if peer is not None:
+                    peer.rtt = time.monotonic() - at
+                    self._mark(subnet, True)
+                    self.metrics.observe("peer_rtt_seconds", peer.rtt)
+
+    def _mark(self, subnet: str, ok: bool) -> None:
+        peer = self.health.get(subnet)
+        if peer is None:
+            return
+        if peer.reachable is not None and peer.reachable != ok:
+            log.warning("peer %s subnet=%s target=%s", "reachable again" if ok else "unreachable",
+                        subnet, peer.target)
+        peer.reachable = ok
+
+    def _export(self) -> None:
+        with self._lock:
+            states = {s: p.reachable for s, p in self.health.items()}
+        self.metrics.set("peers_probed", sum(v is not None for v in states.values()))
+        self.metrics.set("peers_unreachable", sum(v is False for v in states.values()))
+        for subnet, ok in states.items():
+            if ok is False or self.metrics.get("peer_unreachable", peer=subnet):
+                self.metrics.set("peer_unreachable", 1 if ok is False else 0, peer=subnet)

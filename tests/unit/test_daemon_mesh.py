@@ -1,0 +1,69 @@
+"""The health mesh's pure parts: the probe budget, the echo encoding, targets, the report."""
+from __future__ import annotations
+
+import ipaddress
+
+from conf.flannel import Lease, LeaseAttrs, NetworkConfig
+from daemon.mesh import PeerHealth, Schedule, checksum, echo_request, probe_target
+from daemon.status import build_report
+from daemon.watch import KnownLease
+
+
+def lease(third: int, backend: str = "vxlan") -> Lease:
+    data = {"VNI": 1, "VtepMAC": f"0a:00:00:00:00:{third:02x}"} if backend == "vxlan" else None
+    return Lease(subnet=ipaddress.ip_network(f"10.244.{third}.0/24"),
+                 attrs=LeaseAttrs.model_validate({"PublicIP": f"192.168.50.{third}", "BackendType": backend,
+                                                  "BackendData": data}))
+
+
+def test_the_schedule_never_exceeds_its_rate_however_many_peers():
+    peers = {f"p{i}": PeerHealth(f"10.0.{i // 250}.{i % 250}") for i in range(5000)}
+    schedule = Schedule(rate=20, interval=10)
+    sent, now = 0, 0.0
+    while now < 60:
+        for key in schedule.due(peers, now):
+            peers[key].last_probe = now
+            sent += 1
+        now += 0.05
+    assert 20 * 60 - 20 <= sent <= 20 * 60 + 20  # 20 a second, 5000 peers or not
+    probed = [p for p in peers.values() if p.last_probe > float("-inf")]
+    assert len(probed) == sent  # oldest first: nobody twice before everyone once
+
+
+def test_the_schedule_waits_the_interval_between_two_probes_of_one_peer():
+    peers = {"a": PeerHealth("10.244.1.0"), "b": PeerHealth("10.244.2.0")}
+    schedule = Schedule(rate=100, interval=1.0)
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    now = 0.0
+    while now < 5:
+        for key in schedule.due(peers, now):
+            peers[key].last_probe = now
+            times[key].append(now)
+        now += 0.05
+    for seen in times.values():
+        assert 5 <= len(seen) <= 6
+        assert all(b - a >= 1.0 - 1e-9 for a, b in zip(seen, seen[1:]))
+
+
+def test_an_echo_request_carries_a_valid_checksum():
+    packet = echo_request(0x1234, 7)
+    assert packet[0] == 8 and packet[4:8] == bytes.fromhex("12340007")
+    assert checksum(packet) == 0  # the sum over a packet with its checksum is 0
+
+
+def test_vxlan_peers_are_probed_through_the_tunnel_host_gw_peers_at_their_public_ip():
+    assert probe_target(lease(2)) == "10.244.2.0"
+    assert probe_target(lease(3, "host-gw")) == "192.168.50.3"
+
+
+def test_the_status_report_says_which_peers_answer():
+    own, peer, silent = lease(1), lease(2), lease(3)
+    config = NetworkConfig.model_validate({"Network": "10.244.0.0/16"})
+    known = [KnownLease(x, 0) for x in (own, peer, silent)]
+    answers = {str(peer.subnet): True, str(silent.subnet): False}
+    report = build_report(config, own, known, lambda x: True, None, True, True, 1,
+                          lambda x: answers.get(str(x.subnet)))
+    got = {e["subnet"]: e.get("reachable", "absent") for e in report["leases"]}
+    assert got == {"10.244.1.0/24": "absent", "10.244.2.0/24": True, "10.244.3.0/24": False}
+    without = build_report(config, own, known, lambda x: True, None, True, True, 1)
+    assert all("reachable" not in e for e in without["leases"])
