@@ -97,7 +97,8 @@ def peer_facts(k: PathFacts, peer: PeerLease) -> PathFacts:
 def check_peers(n: NodeFacts) -> Hop:
     expected = "every peer's lease programmed here (route; for vxlan neighbour and FDB)"
     if n.kernel is None:
-        return Hop("peers", False, expected, "this node's kernel state could not be read", "")
+        return Hop("peers", False, expected, "not checked: no usable subnet.env says which subnet is ours",
+                   "start flanneletted (it writes subnet.env)")
     broken, fixes = [], []
     for peer in n.peers:
         f = peer_facts(n.kernel, peer)

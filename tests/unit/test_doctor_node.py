@@ -71,3 +71,24 @@ def test_read_reservations_matches_the_plugin_attachments(tmp_path):
     (plugin / "nsgone:eth0.json").write_text(json.dumps({"netns": str(tmp_path / "no-such-ns")}))
     got = {r.ip: r.pod_present for r in read_reservations(str(ipam), str(plugin))}
     assert got == {"10.244.1.2": True, "10.244.1.3": False, "10.244.1.4": False}
+
+
+def test_the_lean_shim_hands_doctor_to_the_daemon_stack(tmp_path):
+    """`flannelette doctor` (script form) runs daemon.doctor; a half question exits 2, and a
+    node without subnet.env is a failed node check, not a traceback."""
+    import subprocess
+    import sys
+
+    from tests.unit.test_shim import STUB
+    half = subprocess.run([sys.executable, "-I", "-S", "-c", STUB, "doctor", "--to", "10.244.0.1", "--json"],
+                          capture_output=True, timeout=60)
+    assert half.returncode == 2, half.stderr
+    assert "--from and --to go together" in json.loads(half.stdout)["error"]
+    node = subprocess.run([sys.executable, "-I", "-S", "-c", STUB, "doctor", "--json",
+                           "--conflist", str(tmp_path / "none"), "--subnet-file", str(tmp_path / "subnet.env"),
+                           "--cni-socket", str(tmp_path / "no.sock"), "--etcd-endpoints", "http://127.0.0.1:1",
+                           "--etcd-dial-timeout", "1"],
+                          capture_output=True, timeout=60)
+    report = json.loads(node.stdout)
+    assert node.returncode == 1 and b"Traceback" not in node.stderr, node.stderr
+    assert [h["name"] for h in report["hops"] if not h["ok"]] == ["daemon", "lease", "subnet-env", "peers"]
