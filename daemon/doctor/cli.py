@@ -127,7 +127,8 @@ def gather(args, rest: list[str]) -> PathFacts:
         raise QuestionError(f"{dest} is outside the pod network {', '.join(map(str, env.networks))}")
     netns = resolve_pod(args.source, conf)
     f = PathFacts(pod=args.source, pod_netns=netns, dest=dest, network=network, subnet_gateway=env.subnet,
-                  mtu=int(conf.get("mtu") or env.mtu), bridge_name=conf.get("bridge", "cni0"),
+                  mtu=int(conf.get("mtu") or env.mtu),
+                  bridge_name=conf.get("bridge", settings.cni_bridge or "cni0"),
                   hairpin_expected=bool(conf.get("hairpinMode", True)))
     _read_etcd(f, settings)
     try:
@@ -260,7 +261,8 @@ def gather_node(settings: DaemonSettings, conf: dict, subnet_file: str) -> NodeF
         registry.close()
     if n.env is not None and n.env.subnet is not None and n.env.networks:
         k = PathFacts(pod="", pod_netns="", dest=n.env.subnet.ip, network=n.env.networks[0],
-                      subnet_gateway=n.env.subnet, mtu=n.env.mtu, bridge_name=conf.get("bridge", "cni0"),
+                      subnet_gateway=n.env.subnet, mtu=n.env.mtu,
+                      bridge_name=conf.get("bridge", settings.cni_bridge or "cni0"),
                       backend=backend, direct_routing=direct)
         collect.read_node(k, None)
         k.iptables = collect.iptables_saves()
