@@ -10,7 +10,7 @@ in-process (slow but identical). `flannelette status` shows the node's leases;
 `flannelette doctor` is handed to the daemon's executable (daemon/doctor/).
 In the frozen build packaging/launcher.c runs this module as `flannelette_shim`.
 
-Wire format (daemon/cni_server.py is the other end):
+Wire format (daemon/fastpath/server.py is the other end):
   request = b"FLT1" + op(1) + len(env)(4, big-endian) + len(stdin)(4) + env + stdin
             env is b"KEY=VALUE\\0" per CNI_* variable; the netns fd rides on the first byte.
   reply   = exit status(1) + len(stdout)(4) + stdout; exit status 255 means "refused, run it
@@ -23,7 +23,7 @@ import _socket
 
 DEFAULT_SOCKET = "/run/flannelette/cni.sock"
 MAX_STDIN = 1 << 20  # conf.cni.MAX_STDIN: one byte more is enough to report "too big"
-MAX_ENV = 1 << 16  # daemon/cni_server.py's: a bigger env is hung up on, so it runs in-process
+MAX_ENV = 1 << 16  # daemon/fastpath/server.py's: a bigger env is hung up on, so it runs in-process
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")  # conf.cni's; a test checks
 MAGIC = b"FLT1"
 OP_CNI = b"C"

@@ -52,7 +52,7 @@ def parse_endpoint(text: str) -> EtcdEndpoint:
     return EtcdEndpoint(scheme=parts.scheme, host=parts.hostname, port=port)
 
 
-IPTABLES_MODES = ("auto", "legacy", "nft")  # --iptables-mode (daemon/masquerade.py)
+IPTABLES_MODES = ("auto", "legacy", "nft")  # --iptables-mode (daemon/dataplane/masquerade.py)
 
 
 def split_patterns(text: str) -> list[str]:

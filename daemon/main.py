@@ -21,15 +21,15 @@ from conf.daemon import DaemonSettings
 from conf.errors import CniError
 from conf.flannel import Lease, NetworkConfig, SubnetEnv, load_network_config, load_subnet_env, write_subnet_env
 from daemon.health import HealthServer
-from daemon.leases import DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager
+from daemon.etcd.leases import DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager
 from daemon.logs import setup_logging
 from daemon.memory import limit_arenas
 from daemon.metrics import Metrics
-from daemon.reconcile import Reconciler
-from daemon.registry import Registry, RegistryAuthError, RegistryError, RegistryUnavailableError
+from daemon.dataplane.reconcile import Reconciler
+from daemon.etcd.registry import Registry, RegistryAuthError, RegistryError, RegistryUnavailableError
 from daemon.settings import SettingsError, parse_settings
 from daemon.status import ExpiryCache, build_report
-from daemon.watch import LeaseWatcher
+from daemon.etcd.watch import LeaseWatcher
 
 log = logging.getLogger("flanneletted")
 
@@ -142,7 +142,8 @@ class Daemon:
             self._sleep(CONFIG_RETRY)
 
     def select_node(self):
-        from daemon.dataplane import DataplaneError, discover_node
+        from daemon.dataplane.backend import DataplaneError
+        from daemon.dataplane.node import discover_node
         s = self.settings
         public_ip = str(s.public_ip) if s.public_ip else None
         public_ipv6 = str(s.public_ipv6) if s.public_ipv6 else None
@@ -171,10 +172,8 @@ class Daemon:
         return node
 
     def make_backend(self, node):
-        if self.config.backend.type == "alloc":
-            from daemon.alloc import AllocBackend
-            return AllocBackend(self.config, node)
-        from daemon.dataplane import DataplaneError, make_backend
+        from daemon.dataplane.backend import DataplaneError
+        from daemon.dataplane.backends import make_backend
         try:
             return make_backend(self.config, node, self.settings.state_dir)
         except DataplaneError as e:
@@ -200,14 +199,14 @@ class Daemon:
     def check_previous_subnet(self, previous: Optional[SubnetEnv], own: Lease) -> None:
         """At start: subnet.env named another subnet (ours expired while we were down and
         another node took it, or the config changed): say so and move cni0's gateway."""
-        from daemon.subnet_move import why_not_previous
+        from daemon.dataplane.subnet_move import why_not_previous
         old = previous.subnet.network if previous is not None and previous.subnet else None
         if old is not None and old != own.subnet:
             self.follow_new_subnet(old, own, why_not_previous(self.leases.listing, old))
 
     def follow_new_subnet(self, old, own: Lease, why: str) -> None:
         """The one WARNING line, the metric, and cni0's gateway moved to the new subnet."""
-        from daemon.subnet_move import follow_new_subnet
+        from daemon.dataplane.subnet_move import follow_new_subnet
         self.metrics.inc("subnet_moves_total")
         self._dataplane(f"move the gateway of {self.settings.cni_bridge}",
                         lambda: follow_new_subnet(self.config, self.settings.cni_bridge, old,
@@ -235,7 +234,7 @@ class Daemon:
     def setup_masquerade(self, own: Lease):
         if not self.settings.ip_masq:
             return None
-        from daemon.masquerade import Masquerade
+        from daemon.dataplane.masquerade import Masquerade
         masq = Masquerade(self.config, own, iptables_mode=self.settings.iptables_mode)
         if masq.check():  # a restart: rewriting would flush the chains and zero their counters
             log.info("masquerade rules already in place, kept")
@@ -291,7 +290,7 @@ class Daemon:
         if not path:
             return
         from cni_plugin.handlers import HANDLERS
-        from daemon.cni_server import CniServer, UnsafeSocketDirError
+        from daemon.fastpath.server import CniServer, UnsafeSocketDirError
         self.cni_server = CniServer(path, HANDLERS, status_provider=self.status_report)
         try:
             self.cni_server.start()
@@ -377,8 +376,8 @@ class Daemon:
 
     def _dataplane(self, what: str, fn: Callable):
         """Kernel or iptables work at startup: a failure stops us with one line."""
-        from daemon.dataplane import DataplaneError
-        from daemon.masquerade import MasqueradeError
+        from daemon.dataplane.backend import DataplaneError
+        from daemon.dataplane.masquerade import MasqueradeError
         try:
             return fn()
         except (DataplaneError, MasqueradeError, OSError) as e:

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Optional
 
 from cni_plugin.status import lease_entry
 from conf.flannel import Lease, NetworkConfig
-from daemon.registry import Registry, RegistryError
-from daemon.watch import KnownLease
+from daemon.etcd.registry import Registry, RegistryError
+from daemon.etcd.watch import KnownLease
 
 log = logging.getLogger("flanneletted.status")
 PREFETCH_WORKERS = 8

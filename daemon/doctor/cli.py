@@ -22,7 +22,7 @@ from daemon.doctor import collect
 from daemon.doctor.facts import PathFacts
 from daemon.doctor.hops import Report, diagnose
 from daemon.doctor.node import NodeFacts, diagnose_node, read_reservations
-from daemon.registry import Registry, RegistryError
+from daemon.etcd.registry import Registry, RegistryError
 from conf.daemon import DaemonSettings
 from daemon.settings import SettingsError, parse_settings
 

@@ -3,7 +3,7 @@
 Kernel objects come through our own rtnetlink code (cni_plugin/links.py for the pod
 side, daemon/links.py and daemon/netlink.py for the node), bridge-port flags and
 sysctls from /sys and /proc/sys of this (the node's) namespace, leases from etcd
-(daemon/registry.py: reads only), iptables from `iptables-*-save` without `-t` (with `-t`
+(daemon/etcd/registry.py: reads only), iptables from `iptables-*-save` without `-t` (with `-t`
 the legacy tool would create a missing table). The probes are ICMP echoes to the peer,
 which change no state. Runs in the node's network namespace.
 """
@@ -26,7 +26,7 @@ from conf.flannel import Lease, load_lease
 from daemon import links as node_links
 from daemon import netlink as nl
 from daemon.doctor.facts import Iface, PathFacts, PeerLease, Probes, Route
-from daemon.registry import Registry, RegistryError
+from daemon.etcd.registry import Registry, RegistryError
 
 SIOCETHTOOL, ETHTOOL_GTXCSUM = 0x8946, 0x16
 PROBE_WAIT = "1"  # seconds a probe waits for its answer

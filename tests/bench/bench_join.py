@@ -81,7 +81,8 @@ def inside(n: int, direct: bool, watch: bool) -> dict:
     import pyetcd  # noqa: F401
 
     from conf.flannel import Lease, load_network_config
-    from daemon.dataplane import discover_node, make_backend
+    from daemon.dataplane.backends import make_backend
+    from daemon.dataplane.node import discover_node
 
     rss_imports = rss_mib()[0]
     conf = load_network_config(json.dumps({"Network": "10.0.0.0/8", "Backend": {

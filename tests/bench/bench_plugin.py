@@ -6,7 +6,7 @@
 Candidates, each on its own node netns with bridge cni0 and subnet 10.244.1.0/24 (MTU
 1450, hairpin, default route), all in the same run on the same pods:
 - reference: /usr/lib/cni/bridge + host-local (two Go execs per call)
-- fastpath: the installed `flannelette` (packaging/launcher.c + shim) -> warm `python -m daemon.cni_server`
+- fastpath: the installed `flannelette` (packaging/launcher.c + shim) -> warm `python -m daemon.fastpath.server`
 - fastpath-script: the shim as a `#!python -IS` stub script -> the same warm server
 - inproc: the installed `flannelette` with `daemonSocket: ""` (cold: imports the whole stack)
 Per candidate: start-up alone (VERSION), a round trip the daemon rejects at once (no

@@ -431,7 +431,7 @@ check_entrypoint() {
 smoke() {
   cat >"$FINAL_ROOT/tmp/smoke.sh" <<'IN'
 set -eu
-# The tools flanneletted and the init containers run (daemon/dataplane.py, seed-net-conf).
+# The tools flanneletted and the init containers run (daemon/dataplane/node.py, seed-net-conf).
 for t in ip iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore etcdctl; do
   command -v $t >/dev/null || { echo "missing tool: $t"; exit 1; }
 done

@@ -6,7 +6,7 @@ decided here only. Modes:
   `flannelette-ipam`, tests/support/install.py) next to the reference plugins, with
   `daemonSocket: ""` so the handlers run in the plugin process.
 - "fastpath": the same artefact with `daemonSocket` pointing at a warm
-  `python -m daemon.cni_server` running inside the node netns.
+  `python -m daemon.fastpath.server` running inside the node netns.
 """
 from __future__ import annotations
 

@@ -46,9 +46,9 @@ RACER = """
 import os, sys, time
 from conf.daemon import DaemonSettings
 from conf.flannel import LeaseAttrs, load_network_config
-from daemon.leases import LeaseManager
+from daemon.etcd.leases import LeaseManager
 from daemon.logs import setup_logging
-from daemon.registry import Registry
+from daemon.etcd.registry import Registry
 setup_logging(0)
 endpoint, count, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 children = []
@@ -259,8 +259,8 @@ COMPACTION = """
 import json, sys, threading
 from conf.daemon import DaemonSettings
 from daemon.metrics import Metrics
-from daemon.registry import Registry
-from daemon.watch import LeaseWatcher
+from daemon.etcd.registry import Registry
+from daemon.etcd.watch import LeaseWatcher
 registry = Registry(DaemonSettings(etcd_endpoints=sys.argv[1]))
 changed = threading.Event()
 watcher = LeaseWatcher(registry, Metrics(), on_change=changed.set)

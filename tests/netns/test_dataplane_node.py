@@ -9,7 +9,8 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
 
 def discover(state, *args):
-    from daemon.dataplane import DataplaneError, discover_node
+    from daemon.dataplane.backend import DataplaneError
+    from daemon.dataplane.node import discover_node
 
     try:
         return discover_node(*args)
@@ -19,7 +20,9 @@ def discover(state, *args):
 
 def backend_for(state, netconf_json, *args):
     from conf.flannel import load_network_config
-    from daemon.dataplane import DataplaneError, discover_node, make_backend
+    from daemon.dataplane.backend import DataplaneError
+    from daemon.dataplane.backends import make_backend
+    from daemon.dataplane.node import discover_node
 
     try:
         make_backend(load_network_config(netconf_json), discover_node(*args), "")

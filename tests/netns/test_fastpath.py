@@ -15,7 +15,7 @@ import pytest
 
 from cni_plugin import shim
 from conf.errors import InvalidConfigError
-from daemon.cni_server import CniServer
+from daemon.fastpath.server import CniServer
 from tests.support.cni import BASE_PATH, invoke
 from tests.support.install import FastPathServer, installed_bin_dir
 from tests.support.netns import NetNS

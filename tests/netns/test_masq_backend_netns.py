@@ -14,7 +14,7 @@ ETCD_CONFIG = VXLAN_CONFIG  # what the `underlay` fixture puts in etcd
 
 
 def masq_with_mode(state, mode, method):
-    from daemon.masquerade import Masquerade
+    from daemon.dataplane.masquerade import Masquerade
 
     if "masq" not in state:
         state["masq"] = Masquerade("10.244.0.0/16", "10.244.3.0/24", "fc00::/48",

@@ -10,7 +10,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
 
 def masq_call(state, method, *args):
-    from daemon.masquerade import Masquerade
+    from daemon.dataplane.masquerade import Masquerade
 
     if "masq" not in state:
         state["masq"] = Masquerade("10.244.0.0/16", "10.244.3.0/24", "fc00::/48", "fc00:0:0:3::/64")

@@ -129,7 +129,8 @@ def underlay():
 def make_backend(state: dict, netconf_json: str, iface: str, state_dir: str,
                  public_ip: str | None = None) -> int:
     from conf.flannel import load_network_config
-    from daemon.dataplane import discover_node, make_backend as make
+    from daemon.dataplane.backends import make_backend as make
+    from daemon.dataplane.node import discover_node
 
     node = discover_node(iface, public_ip, None)
     state["backend"] = make(load_network_config(netconf_json), node, state_dir)

@@ -4,7 +4,7 @@
 build/pyinstaller/), installs it under `tmp` with packaging/install.py exactly as on a
 node (bin symlinks to <tmp>/opt/flannelette, the conflist in <tmp>/etc/cni/net.d) and
 adds the reference plugins, so the returned dir is a complete CNI_PATH.
-`FastPathServer` runs `python -m daemon.cni_server` inside a netns (the handlers work
+`FastPathServer` runs `python -m daemon.fastpath.server` inside a netns (the handlers work
 on the netns the daemon runs in, like flanneletted on a node).
 """
 from __future__ import annotations
@@ -58,14 +58,14 @@ def build_artifact() -> Path:
 
 
 class FastPathServer:
-    """`python -m daemon.cni_server --socket PATH` inside netns `netns_name` (None: here)."""
+    """`python -m daemon.fastpath.server --socket PATH` inside netns `netns_name` (None: here)."""
 
     def __init__(self, socket_path: str, netns_name: Optional[str] = None, workers: int = 8,
                  log_path: Optional[str] = None, log_level: str = "DEBUG"):
         self.socket_path = socket_path
         self.log_path = log_path or socket_path + ".log"
         prefix = ["ip", "netns", "exec", netns_name] if netns_name else []
-        cmd = [*prefix, VENV_PYTHON, "-m", "daemon.cni_server", "--socket", socket_path,
+        cmd = [*prefix, VENV_PYTHON, "-m", "daemon.fastpath.server", "--socket", socket_path,
                "--workers", str(workers), "--log-level", log_level]
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
         self._cmd = cmd

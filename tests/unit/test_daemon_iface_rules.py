@@ -11,8 +11,9 @@ import pytest
 
 from conf.daemon import split_patterns
 from conf.flannel import load_network_config
-from daemon import dataplane
-from daemon.dataplane import DataplaneError, NodeInfo, match_iface_regex
+from daemon.dataplane import node as dataplane
+from daemon.dataplane.backend import DataplaneError
+from daemon.dataplane.node import NodeInfo, match_iface_regex
 from daemon.main import Daemon, FatalError
 from daemon.settings import SettingsError, parse_settings
 

@@ -1,4 +1,4 @@
-"""Lease choice and upkeep (daemon/leases.py) against an in-memory etcd stand-in."""
+"""Lease choice and upkeep (daemon/etcd/leases.py) against an in-memory etcd stand-in."""
 from __future__ import annotations
 
 import ipaddress
@@ -7,9 +7,9 @@ import random
 import pytest
 
 from conf.flannel import LeaseAttrs, SubnetEnv, load_network_config
-from daemon.leases import (DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager,
+from daemon.etcd.leases import (DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager,
                            fits_config, parse_leases, pick_free_subnet, previous_subnet)
-from daemon.registry import KeyValue
+from daemon.etcd.registry import KeyValue
 
 CONFIG = load_network_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
 DUAL = load_network_config('{"Network": "10.244.0.0/16", "EnableIPv6": true, '
@@ -22,7 +22,7 @@ def attrs(ip: str, mac: str = "aa:bb:cc:00:00:01", v6: str | None = None) -> Lea
 
 
 class FakeRegistry:
-    """The subset of daemon.registry.Registry the lease manager uses, in memory."""
+    """The subset of daemon.etcd.registry.Registry the lease manager uses, in memory."""
 
     def __init__(self):
         self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, lease id)

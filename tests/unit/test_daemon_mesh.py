@@ -6,7 +6,7 @@ import ipaddress
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
 from daemon.mesh import PeerHealth, Schedule, checksum, echo_request, probe_target
 from daemon.status import build_report
-from daemon.watch import KnownLease
+from daemon.etcd.watch import KnownLease
 
 
 def lease(third: int, backend: str = "vxlan") -> Lease:

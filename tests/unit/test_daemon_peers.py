@@ -1,4 +1,4 @@
-"""Compact leases (daemon/peers.py), the status report (daemon/status.py) and the malloc
+"""Compact leases (daemon/etcd/peers.py), the status report (daemon/status.py) and the malloc
 controls (daemon/memory.py)."""
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import time
 import pytest
 
 from conf.flannel import load_lease, load_network_config
-from daemon.leases import parse_lease, parse_leases
+from daemon.etcd.leases import parse_lease, parse_leases
 from daemon.memory import limit_arenas, release_free_memory
-from daemon.peers import PeerLease, VxlanInfo, compact
-from daemon.planner import Topology, lease_key, plan
-from daemon.registry import KeyValue, RegistryUnavailableError
+from daemon.etcd.peers import PeerLease, VxlanInfo, compact
+from daemon.dataplane.planner import Topology, lease_key, plan
+from daemon.etcd.registry import KeyValue, RegistryUnavailableError
 from daemon.status import PREFETCH_WORKERS, ExpiryCache, build_report
-from daemon.watch import KnownLease
+from daemon.etcd.watch import KnownLease
 
 VALUE = ('{"PublicIP":"192.168.1.%d","PublicIPv6":"fd00::%d","BackendType":"vxlan",'
          '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:%02x"}}')

@@ -1,4 +1,4 @@
-"""The reconcile loop (daemon/reconcile.py), metrics text, status report and log lines."""
+"""The reconcile loop (daemon/dataplane/reconcile.py), metrics text, status report and log lines."""
 from __future__ import annotations
 
 import io
@@ -6,12 +6,12 @@ import logging
 import threading
 
 from conf.flannel import load_lease, load_network_config
-from daemon.dataplane import ReconcileStats
+from daemon.dataplane.backend import ReconcileStats
 from daemon.logs import KeyValueFormatter
 from daemon.metrics import Metrics
-from daemon.reconcile import Reconciler
+from daemon.dataplane.reconcile import Reconciler
 from daemon.status import build_report
-from daemon.watch import KnownLease
+from daemon.etcd.watch import KnownLease
 
 
 def lease(third: int, ip: str = "192.168.1.1", mac: str = "aa:bb:cc:dd:ee:01"):

@@ -5,7 +5,7 @@ import grpc
 import pytest
 from pyetcd import exceptions as etcd_exc
 
-from daemon.registry import (CompactedError, Registry,
+from daemon.etcd.registry import (CompactedError, Registry,
                              RegistryAuthError, RegistryError, RegistryUnavailableError,
                              translate_exception)
 from daemon.settings import parse_settings

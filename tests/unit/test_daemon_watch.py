@@ -1,4 +1,4 @@
-"""The lease watcher (daemon/watch.py): snapshot, events, resume, compaction, outages."""
+"""The lease watcher (daemon/etcd/watch.py): snapshot, events, resume, compaction, outages."""
 from __future__ import annotations
 
 import queue
@@ -7,8 +7,8 @@ import time
 
 from conf.flannel import LeaseAttrs
 from daemon.metrics import Metrics
-from daemon.registry import CompactedError, KeyValue, RegistryUnavailableError, WatchBatch
-from daemon.watch import BACKOFF_MAX, JITTER, LeaseWatcher
+from daemon.etcd.registry import CompactedError, KeyValue, RegistryUnavailableError, WatchBatch
+from daemon.etcd.watch import BACKOFF_MAX, JITTER, LeaseWatcher
 
 
 def kv(third: int, ip: str = "192.168.1.1", lease_id: int = 9) -> KeyValue:
@@ -193,7 +193,7 @@ def test_hostile_lease_values_are_counted_by_reason_and_never_known():
 
 def test_a_listing_parsed_at_acquisition_is_screened_against_the_network():
     from conf.flannel import load_network_config
-    from daemon.leases import parse_leases
+    from daemon.etcd.leases import parse_leases
     metrics = Metrics()
     w = LeaseWatcher(FakeRegistry((10, [])), metrics, on_change=lambda: None,
                      config=load_network_config('{"Network": "10.244.0.0/16"}'))

@@ -23,7 +23,7 @@ from conf.cni import RuntimeEnv
 from conf.errors import CniError
 from conf.flannel import SubnetEnv, write_subnet_env
 from conf.plugin import IpamRange
-from daemon.cni_server import CniServer, UnsafeSocketDirError
+from daemon.fastpath.server import CniServer, UnsafeSocketDirError
 from ipam.allocator import Allocator, make_range_sets
 from ipam.disk_store import DiskStore
 from tests.support.cni import world_writable
@@ -187,7 +187,7 @@ def test_files_and_directories_we_create_are_not_world_writable_under_umask_000(
 
 
 def test_the_vtep_mac_file_and_state_dir_are_not_world_writable_under_umask_000(tmp_path, umask_000):
-    from daemon.backends.vxlan import VxlanBackend
+    from daemon.dataplane.backends.vxlan import VxlanBackend
 
     backend = VxlanBackend.__new__(VxlanBackend)  # only the MAC file logic: no netlink here
     backend.state_dir = str(tmp_path / "var/lib/flanneletted/state")

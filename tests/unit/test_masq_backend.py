@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from daemon import masquerade as mq
+from daemon.dataplane import masquerade as mq
 from daemon.settings import SettingsError, parse_settings
 
 # What iptables-save prints on a node where kubelet and kube-proxy run (trimmed).

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conf.flannel import Lease, LeaseAttrs, load_network_config
-from daemon import masquerade as mq
+from daemon.dataplane import masquerade as mq
 
 
 @pytest.fixture

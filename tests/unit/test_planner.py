@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conf.flannel import Lease, LeaseAttrs
-from daemon.planner import (HOST_GW, VXLAN, Fdb, KernelState, Neigh, Plan, Route, Topology,
+from daemon.dataplane.planner import (HOST_GW, VXLAN, Fdb, KernelState, Neigh, Plan, Route, Topology,
                             diff, lease_key, plan)
 
 VX = Topology(VXLAN, "eth0", vtep4="flannel.1")

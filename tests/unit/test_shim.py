@@ -15,7 +15,7 @@ from cni_plugin import shim
 from conf import dispatch
 from conf.cni import SUPPORTED_VERSIONS
 from conf.errors import InvalidConfigError
-from daemon.cni_server import CniServer, read_request
+from daemon.fastpath.server import CniServer, read_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PATHS = [ROOT, sysconfig.get_paths()["purelib"]]
@@ -130,7 +130,7 @@ def test_shim_versions_match_conf():
 
 def test_shim_limits_match_conf_and_the_server():
     from conf.cni import MAX_STDIN
-    from daemon.cni_server import MAX_ENV
+    from daemon.fastpath.server import MAX_ENV
     assert (shim.MAX_STDIN, shim.MAX_ENV) == (MAX_STDIN, MAX_ENV)
 
 

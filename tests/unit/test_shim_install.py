@@ -85,8 +85,8 @@ def test_the_frozen_daemon_carries_the_etcd_client_and_no_start_up_hooks():
     onedir = packaging_install.build.build()
     daemon = CArchiveReader(str(onedir / "flanneletted"))
     modules = set(daemon.open_embedded_archive("PYZ.pyz").toc)
-    assert {"daemon.main", "daemon.backends.vxlan", "daemon.backends.hostgw", "daemon.masquerade",
-            "daemon.cni_server", "cni_plugin.handlers", "pyetcd", "grpc", "google.protobuf"} <= modules
+    assert {"daemon.main", "daemon.dataplane.backends.vxlan", "daemon.dataplane.backends.hostgw", "daemon.dataplane.masquerade",
+            "daemon.fastpath.server", "cni_plugin.handlers", "pyetcd", "grpc", "google.protobuf"} <= modules
     assert not any(m.split(".")[0] == "pyroute2" for m in modules)
     assert not any(name.startswith("pyi_rth_") for name in daemon.toc)  # inspect's hook: ~90 modules
     grpc_ext = list((onedir / "_internal" / "grpc" / "_cython").glob("cygrpc*.so"))

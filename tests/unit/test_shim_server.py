@@ -1,4 +1,4 @@
-"""daemon/cni_server.py and `flannelette status`, with fake handlers (no root needed)."""
+"""daemon/fastpath/server.py and `flannelette status`, with fake handlers (no root needed)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from cni_plugin import shim, status
-from daemon.cni_server import CniServer, ProtocolError, read_request
+from daemon.fastpath.server import CniServer, ProtocolError, read_request
 from tests.unit.test_shim import STUB
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from typing import Optional
 
 from cni_plugin import rtnl
 from daemon import links

@@ -19,7 +19,7 @@ import threading
 from typing import Callable
 
 from daemon import netlink as nl
-from daemon.planner import Fdb, Neigh, Route
+from daemon.dataplane.planner import Fdb, Neigh, Route
 
 log = logging.getLogger(__name__)
 

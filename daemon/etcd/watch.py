@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from conf.flannel import NetworkConfig
-from daemon.leases import parse_lease, parse_leases, screen_leases
+from daemon.etcd.leases import parse_lease, parse_leases, screen_leases
 from daemon.metrics import Metrics
-from daemon.peers import PeerLease
-from daemon.registry import (CompactedError, KeyValue, Registry, RegistryError,
+from daemon.etcd.peers import PeerLease
+from daemon.etcd.registry import (CompactedError, KeyValue, Registry, RegistryError,
                              RegistryUnavailableError, WatchBatch)
 
 log = logging.getLogger("flanneletted.watch")

@@ -7,7 +7,8 @@ whose own routing does the job). It is also how tests exercise leases alone.
 from __future__ import annotations
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
-from daemon.dataplane import NodeInfo, ReconcileStats
+from daemon.dataplane.backend import ReconcileStats
+from daemon.dataplane.node import NodeInfo
 
 
 class AllocBackend:

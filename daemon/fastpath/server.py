@@ -328,7 +328,7 @@ def _error_json(code: int, msg: str) -> bytes:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Standalone server for tests and benchmarks: the plugin's handlers, no etcd."""
-    parser = argparse.ArgumentParser(prog="python -m daemon.cni_server", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m daemon.fastpath.server", description=main.__doc__)
     parser.add_argument("--socket", required=True, help="unix socket path to serve")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--log-level", default="WARNING")

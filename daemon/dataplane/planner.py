@@ -2,7 +2,7 @@
 
 No IO here. `plan()` turns the set of remote leases into the neighbour, FDB and
 route entries this node should hold; `diff()` compares that with what the kernel
-holds (read by daemon.kernel) and returns the changes in the order they must be
+holds (read by daemon.dataplane.kernel) and returns the changes in the order they must be
 applied: per peer neighbour, FDB, then route; removals in reverse.
 Devices are named, not indexed, so a recreated flannel.1 changes nothing here.
 """
@@ -177,7 +177,7 @@ def _plan_host_gw(out: Plan, key: str, lease: Lease, topo: Topology, connected) 
 
 @dataclass
 class KernelState:
-    """Our objects as the kernel holds them now (see daemon.kernel.read_state)."""
+    """Our objects as the kernel holds them now (see daemon.dataplane.kernel.read_state)."""
     neighs: dict[tuple[str, str], Neigh] = field(default_factory=dict)
     fdbs: list[Fdb] = field(default_factory=list)  # a MAC may carry several remotes
     routes: dict[str, Route] = field(default_factory=dict)  # owned routes and wanted dsts

@@ -2,7 +2,7 @@
 
 Acquire (flannel's tryAcquireLease, up to 10 rounds against racing nodes):
   1. a lease already held by our public IP, if it still fits the config -> reuse it,
-     unless another daemon with our public IP put it (daemon.holder) -> DuplicateHolderError;
+     unless another daemon with our public IP put it (daemon.etcd.holder) -> DuplicateHolderError;
   2. else the subnet of an existing subnet.env, if nobody holds it -> take it again;
   3. else a random pick among the first 100 free subnets in [SubnetMin, SubnetMax];
 created by a transaction that succeeds only while the key is absent, on a TTL lease.
@@ -25,9 +25,9 @@ from typing import Callable, Iterator, Optional
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
 from conf.peer_lease import LeaseRejectedError, check_peer_in_network, load_peer_lease
-from daemon.holder import HolderFile, HolderRecord, foreign_holder
-from daemon.peers import PeerLease, compact
-from daemon.registry import KeyValue, Registry, RegistryError
+from daemon.etcd.holder import HolderFile, HolderRecord, foreign_holder
+from daemon.etcd.peers import PeerLease, compact
+from daemon.etcd.registry import KeyValue, Registry, RegistryError
 
 log = logging.getLogger("flanneletted.leases")
 
@@ -62,7 +62,7 @@ def parse_lease(kv: KeyValue, config: Optional[NetworkConfig] = None,
     """A lease from etcd, or None (one log line, `on_reject(reason)`) when someone stored
     something unreadable or hostile (conf.flannel.load_peer_lease).
 
-    Validated by the pydantic model, kept compact (daemon.peers): one model at a time
+    Validated by the pydantic model, kept compact (daemon.etcd.peers): one model at a time
     lives, so 5000 leases leave no trail of temporaries behind."""
     try:
         return compact(load_peer_lease(kv.key, kv.value, config))

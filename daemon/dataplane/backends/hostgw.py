@@ -13,9 +13,9 @@ black-holes (flannel installs it anyway).
 from __future__ import annotations
 
 from conf.flannel import Lease, LeaseAttrs
-from daemon import kernel
-from daemon.dataplane import Backend, DataplaneError
-from daemon.planner import HOST_GW, Topology
+from daemon.dataplane import kernel
+from daemon.dataplane.backend import Backend, DataplaneError
+from daemon.dataplane.planner import HOST_GW, Topology
 
 
 class HostGwBackend(Backend):

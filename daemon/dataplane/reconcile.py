@@ -97,7 +97,7 @@ class Reconciler:
         return stats
 
     def _record(self, stats) -> None:
-        """daemon.dataplane.ReconcileStats -> metrics."""
+        """daemon.dataplane.backend.ReconcileStats -> metrics."""
         self.metrics.set("kernel_objects_programmed", max(0, stats.wanted - stats.errors))
         self.metrics.set("refused_peers", stats.refused)
         if _changes(stats):

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs, ensure_dir, write_atomic
-from daemon import kernel, links
-from daemon.dataplane import Backend, DataplaneError
-from daemon.planner import VXLAN, Topology
+from daemon import links
+from daemon.dataplane import kernel
+from daemon.dataplane.backend import Backend, DataplaneError
+from daemon.dataplane.planner import VXLAN, Topology
 
 log = logging.getLogger(__name__)
 

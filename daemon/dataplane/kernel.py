@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass, field
 
 from daemon import netlink as nl
-from daemon.planner import Changes, Fdb, KernelState, Neigh, Route
+from daemon.dataplane.planner import Changes, Fdb, KernelState, Neigh, Route
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""Data plane backends: vxlan (with DirectRouting) and host-gw."""
