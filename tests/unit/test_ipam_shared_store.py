@@ -1,7 +1,7 @@
 """One IPAM store per subnet: two network names on one subnet, GC per network, upgrade.
 
-The first test runs the real `flannelette-ipam` executable as a runtime does; the others
-call the same handlers in process (conf.dispatch.run), which is quicker. No root needed.
+The handlers run in process (conf.dispatch.run); the same store through the installed
+`flannelette-ipam` executable is in tests/packaging/test_ipam_executable.py. No root needed.
 """
 import ipaddress
 import json
@@ -13,21 +13,17 @@ from conf.dispatch import run
 from ipam.disk_store import DiskStore
 from ipam.plugin import HANDLERS
 from ipam.shared_store import SUBNETS_DIR
-from tests.support.cni import invoke, our_executable
+from tests.support.cni import invoke
 
 SUBNET_ENV = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
 KEY = "10.244.1.0_24"
 
 
-@pytest.fixture(scope="module")
-def exe():
-    return our_executable("flannelette-ipam")
-
-
 class Node:
-    def __init__(self, root, exe):
+    """A node's subnet.env and IPAM data dir; calls go through `exe` when one is given."""
+
+    def __init__(self, root, exe=None):
         self.root, self.exe = root, exe
-        self.use_exe = False
         (root / "subnet.env").write_text(SUBNET_ENV)
         self.data_dir = root / "data"
 
@@ -38,7 +34,7 @@ class Node:
 
     def call(self, command, name, cid="", ifname="eth0", **extra):
         config = self.config(name, **extra)
-        if self.use_exe:
+        if self.exe:
             out = invoke(self.exe, command, config, container_id=cid,
                          netns="/run/netns/x" if cid else "", ifname=ifname if cid else "")
             assert out.status == 0, out
@@ -67,12 +63,11 @@ class Node:
 
 
 @pytest.fixture
-def node(tmp_path, exe):
-    return Node(tmp_path, exe)
+def node(tmp_path):
+    return Node(tmp_path)
 
 
-def test_two_networks_on_one_subnet_never_share_an_address(node):
-    node.use_exe = True
+def check_two_networks_share_no_address(node):
     ips = [node.add(name, f"c{i}") for i, name in enumerate(["cbr0", "flannel"] * 5)]
     assert len(set(ips)) == 10
     assert len(node.held()) == 10
@@ -81,6 +76,10 @@ def test_two_networks_on_one_subnet_never_share_an_address(node):
         assert sorted(n for n in os.listdir(node.data_dir / name) if n[0].isdigit()) == sorted(node.held())
     with open(node.data_dir / "cbr0" / ips[0], "rb") as f:  # host-local's file format
         assert f.read() == b"c0\r\neth0"
+
+
+def test_two_networks_on_one_subnet_never_share_an_address(node):
+    check_two_networks_share_no_address(node)
 
 
 def test_gc_of_one_network_never_frees_the_others(node):

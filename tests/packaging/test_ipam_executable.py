@@ -1,4 +1,5 @@
-"""The real `flannelette-ipam` executable, run as a runtime runs it: bad input and concurrency.
+"""The real `flannelette-ipam` executable, run as a runtime runs it: bad input, concurrency,
+two networks on one subnet.
 
 No root needed: the IPAM plugin touches files only.
 """
@@ -13,6 +14,7 @@ from conf.dispatch import run
 from ipam.disk_store import DiskStore
 from ipam.plugin import HANDLERS
 from tests.support.cni import invoke, our_executable, tree_snapshot
+from tests.unit import test_ipam_shared_store as shared_store
 
 SUBNET_ENV = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
 
@@ -165,3 +167,10 @@ def test_8_processes_x_30_adds_then_exhaustion_then_dels(exe, node):
     assert node.held() == []
     assert sorted(os.listdir(node.data_dir / "cbr0")) == ["boot_id", "last_reserved_ip.0", "lock", "owners"]
     assert os.listdir(node.data_dir / "cbr0" / "owners" / "cbr0") == []
+
+
+# ---------------------------------------------------------------- one store per subnet
+
+
+def test_two_networks_on_one_subnet_never_share_an_address(exe, tmp_path):
+    shared_store.check_two_networks_share_no_address(shared_store.Node(tmp_path, exe))
