@@ -1,14 +1,16 @@
-# flannelette: `make demo` runs a 3-node cluster in network namespaces, `make test` runs every test tier.
+# flannelette: `make demo` runs a 3-node cluster in network namespaces, `make test` runs every test tier:
+# tests/unit as the unprivileged user nobody first (tests/unprivileged.sh), then the root tiers.
 .PHONY: setup test unit demo demo-down bench build install clean
 
 setup:
 	bash packaging/dev-setup.sh
 
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	bash tests/unprivileged.sh tests/unit
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit
 
 unit: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit
+	bash tests/unprivileged.sh tests/unit
 
 demo: setup
 	.venv/bin/python -m tests.e2e.demo up

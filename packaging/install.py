@@ -13,7 +13,7 @@ Layout under <root> (frozen form, the default):
     etc/default/flanneletted        an example of the site settings; never overwritten
 `--onedir DIR` installs an existing build instead of building (or taking the build cache);
 `--cni-only` installs the plugin and the conflist only, as packaging/image/install-cni
-does from the container image (tests/unit/test_install.py checks both lay out the same tree).
+does from the container image (tests/packaging/test_install.py checks both lay out the same tree).
 script form: `#!<this python>` stubs that import this checkout (development machines,
 no PyInstaller needed).
 

@@ -10,6 +10,7 @@ from conf.flannel import LeaseAttrs, SubnetEnv, load_network_config
 from daemon.etcd.leases import (DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager,
                            fits_config, parse_leases, pick_free_subnet, previous_subnet)
 from daemon.etcd.registry import KeyValue
+from tests.support.fake_registry import FakeRegistry
 
 CONFIG = load_network_config('{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}')
 DUAL = load_network_config('{"Network": "10.244.0.0/16", "EnableIPv6": true, '
@@ -19,52 +20,6 @@ DUAL = load_network_config('{"Network": "10.244.0.0/16", "EnableIPv6": true, '
 def attrs(ip: str, mac: str = "aa:bb:cc:00:00:01", v6: str | None = None) -> LeaseAttrs:
     return LeaseAttrs(PublicIP=ip, PublicIPv6=v6, BackendType="vxlan",
                       BackendData={"VNI": 1, "VtepMAC": mac})
-
-
-class FakeRegistry:
-    """The subset of daemon.etcd.registry.Registry the lease manager uses, in memory."""
-
-    def __init__(self):
-        self.kv: dict[str, tuple[str, int]] = {}  # key -> (value, lease id)
-        self.next_id = 100
-        self.revoked: list[int] = []
-        self.steal_on_create: dict[str, str] = {}  # key -> value another node writes first
-
-    def list_leases(self):
-        return 1, [KeyValue(k, v.encode(), i, 1) for k, (v, i) in self.kv.items()]
-
-    def grant(self, ttl):
-        self.next_id += 1
-        return self.next_id
-
-    def create_lease(self, key, value, ttl, lease_id=0):
-        if key in self.steal_on_create:
-            self.kv[key] = (self.steal_on_create.pop(key), 1)
-        if key in self.kv:
-            return None
-        self.kv[key] = (value, lease_id or self.grant(ttl))
-        return self.kv[key][1]
-
-    def renew_lease(self, key, expected, value, ttl, held_by=None, lease_id=0):
-        current = self.kv.get(key)
-        if current is None or current[0] != expected or held_by not in (None, current[1]):
-            return None, current[0].encode() if current else None
-        self.kv[key] = (value, lease_id or self.grant(ttl))
-        return self.kv[key][1], None
-
-    def get_lease(self, key):
-        return self.kv[key][0].encode() if key in self.kv else None
-
-    def get_lease_kv(self, key):
-        if key not in self.kv:
-            return None
-        return KeyValue(key, self.kv[key][0].encode(), self.kv[key][1], 1)
-
-    def delete_lease(self, key):
-        self.kv.pop(key, None)
-
-    def revoke(self, lease_id):
-        self.revoked.append(lease_id)
 
 
 def manager(reg, config=CONFIG, seed=1, ttl=86400, margin=3600, clock=lambda: 1000.0,

@@ -3,8 +3,6 @@ controls (daemon/memory.py)."""
 from __future__ import annotations
 
 import ipaddress
-import threading
-import time
 
 import pytest
 
@@ -16,6 +14,7 @@ from daemon.dataplane.planner import Topology, lease_key, plan
 from daemon.etcd.registry import KeyValue, RegistryUnavailableError
 from daemon.status import PREFETCH_WORKERS, ExpiryCache, build_report
 from daemon.etcd.watch import KnownLease
+from tests.support.fake_registry import FakeRegistry
 
 VALUE = ('{"PublicIP":"192.168.1.%d","PublicIPv6":"fd00::%d","BackendType":"vxlan",'
          '"BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:%02x"}}')
@@ -90,41 +89,22 @@ def test_status_report_from_compact_leases():
     assert expiry.prefetched == [9]  # ours comes from the lease manager, not from etcd
 
 
-class SlowRegistry:
-    """time_to_live that takes a while and counts how many run at once."""
-
-    def __init__(self, fail_on=None):
-        self.asked, self.running, self.most = [], 0, 0
-        self.fail_on = fail_on
-        self.lock = threading.Lock()
-
-    def time_to_live(self, lease_id):
-        with self.lock:
-            self.asked.append(lease_id)
-            self.running += 1
-            self.most = max(self.most, self.running)
-        time.sleep(0.02)
-        with self.lock:
-            self.running -= 1
-        if lease_id == self.fail_on:
-            raise RegistryUnavailableError("etcd is gone")
-        return 100
-
-
 def test_expiry_prefetch_asks_each_unknown_lease_once_several_at_a_time():
-    registry = SlowRegistry()
+    registry = FakeRegistry(rpc_delay=0.02)
+    registry.ttls = {lease_id: 100 for lease_id in range(1, 42)}
     cache = ExpiryCache(registry, clock=lambda: 1000.0)
     cache.expiry(1)
     cache.prefetch([0, 1, *range(2, 42), 5])
-    assert sorted(registry.asked) == list(range(1, 42)) and 1 < registry.most <= PREFETCH_WORKERS
-    assert cache.expiry(30) == 1100.0 and len(registry.asked) == 41  # cached
+    assert sorted(registry.ttl_asked) == list(range(1, 42)) and 1 < registry.most_at_once <= PREFETCH_WORKERS
+    assert cache.expiry(30) == 1100.0 and len(registry.ttl_asked) == 41  # cached
 
 
 def test_expiry_prefetch_stops_at_the_first_etcd_error():
-    registry = SlowRegistry(fail_on=3)
+    registry = FakeRegistry(rpc_delay=0.02)
+    registry.ttl_unavailable = {3}
     with pytest.raises(RegistryUnavailableError):
         ExpiryCache(registry).prefetch(range(1, 200))
-    assert len(registry.asked) < 199  # the rest were cancelled
+    assert len(registry.ttl_asked) < 199  # the rest were cancelled
 
 
 def test_status_report_lists_our_own_lease_before_the_watch_echoes_it():

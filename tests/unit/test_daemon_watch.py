@@ -1,7 +1,6 @@
 """The lease watcher (daemon/etcd/watch.py): snapshot, events, resume, compaction, outages."""
 from __future__ import annotations
 
-import queue
 import threading
 import time
 
@@ -9,42 +8,13 @@ from conf.flannel import LeaseAttrs
 from daemon.metrics import Metrics
 from daemon.etcd.registry import CompactedError, KeyValue, RegistryUnavailableError, WatchBatch
 from daemon.etcd.watch import BACKOFF_MAX, JITTER, LeaseWatcher
+from tests.support.fake_registry import FakeRegistry
 
 
 def kv(third: int, ip: str = "192.168.1.1", lease_id: int = 9) -> KeyValue:
     value = LeaseAttrs(PublicIP=ip, BackendType="vxlan",
                        BackendData={"VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:01"}).dump_json()
     return KeyValue(f"10.244.{third}.0-24", value.encode(), lease_id, 1)
-
-
-class FakeRegistry:
-    """list_leases returns `listing`; each watch_leases call hands its callback to the test."""
-
-    def __init__(self, listing):
-        self.listing = listing
-        self.lists = 0
-        self.watch_starts: list[int] = []
-        self.streams: queue.Queue = queue.Queue()
-        self.resets = 0
-        self.fail_next_watch: Exception | None = None
-
-    def current_revision(self):
-        return self.listing[0]
-
-    def list_leases(self):
-        self.lists += 1
-        return self.listing
-
-    def watch_leases(self, start, callback):
-        self.watch_starts.append(start)
-        if self.fail_next_watch is not None:
-            err, self.fail_next_watch = self.fail_next_watch, None
-            raise err
-        self.streams.put(callback)
-        return lambda: None
-
-    def reset(self):
-        self.resets += 1
 
 
 def started(reg):
@@ -61,7 +31,7 @@ def keys(w):
 
 
 def test_snapshot_then_events_then_own_key_news():
-    reg = FakeRegistry((10, [kv(1), kv(2)]))
+    reg = FakeRegistry(10, [kv(1), kv(2)])
     w, changes, own = started(reg)
     try:
         send = reg.streams.get(timeout=5)
@@ -78,7 +48,7 @@ def test_snapshot_then_events_then_own_key_news():
 
 
 def test_a_renewal_of_an_unchanged_lease_is_not_a_change():
-    reg = FakeRegistry((10, [kv(2)]))
+    reg = FakeRegistry(10, [kv(2)])
     w, changes, _ = started(reg)
     try:
         reg.streams.get(timeout=5)
@@ -90,12 +60,12 @@ def test_a_renewal_of_an_unchanged_lease_is_not_a_change():
 
 
 def test_a_broken_stream_resumes_from_the_last_revision_and_counts_a_reconnect():
-    reg = FakeRegistry((10, [kv(2)]))
+    reg = FakeRegistry(10, [kv(2)])
     w, changes, _ = started(reg)
     try:
         send = reg.streams.get(timeout=5)
         send(WatchBatch(15, puts=[kv(3)]))
-        reg.listing = (15, [kv(2), kv(3)])  # what etcd holds now (current_revision 15)
+        reg.load(15, [kv(2), kv(3)])  # what etcd holds now (current_revision 15)
         send(RegistryUnavailableError("etcd gone"))
         reg.streams.get(timeout=5)
         assert reg.watch_starts == [11, 16] and reg.lists == 1 and reg.resets == 1
@@ -109,12 +79,12 @@ def test_a_broken_stream_resumes_from_the_last_revision_and_counts_a_reconnect()
 
 
 def test_compaction_lists_again_and_diffs_the_snapshot():
-    reg = FakeRegistry((10, [kv(1), kv(2)]))
+    reg = FakeRegistry(10, [kv(1), kv(2)])
     w, changes, own = started(reg)
     try:
         send = reg.streams.get(timeout=5)
         assert changes.acquire(timeout=5)
-        reg.listing = (50, [kv(2), kv(4)])  # 1 vanished and 4 appeared while we were away
+        reg.load(50, [kv(2), kv(4)])  # 1 vanished and 4 appeared while we were away
         send(CompactedError(40))
         reg.streams.get(timeout=5)
         assert keys(w) == ["10.244.2.0-24", "10.244.4.0-24"] and reg.lists == 2
@@ -124,7 +94,7 @@ def test_compaction_lists_again_and_diffs_the_snapshot():
 
 
 def test_an_unreadable_lease_value_is_skipped():
-    reg = FakeRegistry((10, [kv(1), KeyValue("10.244.9.0-24", b"not json", 1, 1)]))
+    reg = FakeRegistry(10, [kv(1), KeyValue("10.244.9.0-24", b"not json", 1, 1)])
     w, changes, _ = started(reg)
     try:
         reg.streams.get(timeout=5)
@@ -134,12 +104,12 @@ def test_an_unreadable_lease_value_is_skipped():
 
 
 def test_an_etcd_that_went_back_in_time_is_listed_again():
-    reg = FakeRegistry((10, [kv(1), kv(2)]))
+    reg = FakeRegistry(10, [kv(1), kv(2)])
     w, changes, _ = started(reg)
     try:
         send = reg.streams.get(timeout=5)
         assert changes.acquire(timeout=5)
-        reg.listing = (3, [kv(2)])  # restored from an old backup: revision 3 < 10
+        reg.load(3, [kv(2)])  # restored from an old backup: revision 3 < 10
         send(RegistryUnavailableError("etcd gone"))
         reg.streams.get(timeout=5)
         assert keys(w) == ["10.244.2.0-24"] and reg.lists == 2 and reg.watch_starts[-1] == 4
@@ -150,7 +120,7 @@ def test_an_etcd_that_went_back_in_time_is_listed_again():
 def test_a_long_outage_never_spaces_watch_retries_beyond_the_backoff_cap():
     """After many failures in a row the watcher still retries every BACKOFF_MAX (+ jitter),
     so a watch is back within about 2 s of etcd's return, not after a growing backoff."""
-    reg = FakeRegistry((10, [kv(2)]))
+    reg = FakeRegistry(10, [kv(2)])
     w = LeaseWatcher(reg, Metrics(), on_change=lambda: None)
     waits: list[float] = []
     outage = {"left": 12}
@@ -181,7 +151,7 @@ def test_a_long_outage_never_spaces_watch_retries_beyond_the_backoff_cap():
 def test_hostile_lease_values_are_counted_by_reason_and_never_known():
     from conf.flannel import load_network_config
     metrics = Metrics()
-    w = LeaseWatcher(FakeRegistry((10, [])), metrics, on_change=lambda: None,
+    w = LeaseWatcher(FakeRegistry(10, []), metrics, on_change=lambda: None,
                      config=load_network_config('{"Network": "10.244.0.0/16"}'))
     w.load_snapshot(10, [kv(1), KeyValue("10.244.9.0-24", b"x" * (1 << 20), 1, 1)])
     w.apply(WatchBatch(11, puts=[kv(2, ip="10.244.0.7"), KeyValue("10.0.0.0-8", kv(3).value, 1, 1), kv(4)]))
@@ -195,7 +165,7 @@ def test_a_listing_parsed_at_acquisition_is_screened_against_the_network():
     from conf.flannel import load_network_config
     from daemon.etcd.leases import parse_leases
     metrics = Metrics()
-    w = LeaseWatcher(FakeRegistry((10, [])), metrics, on_change=lambda: None,
+    w = LeaseWatcher(FakeRegistry(10, []), metrics, on_change=lambda: None,
                      config=load_network_config('{"Network": "10.244.0.0/16"}'))
     kvs = [kv(1), KeyValue("10.99.0.0-24", kv(3).value, 1, 1)]
     w.load_snapshot(10, kvs, parse_leases(kvs))  # acquisition parses without the config
