@@ -6,9 +6,10 @@
 #
 #   tests/unprivileged.sh [PYTEST ARGS...]    (default: tests/unit)
 #
-# An interpreter under a directory nobody may not enter (a pyenv build in /root) is made
-# reachable in a mount namespace of this run alone: a tmpfs over that directory holding a
-# read-only bind of the interpreter's prefix, at the same path. Nothing else of it is visible.
+# The checkout and the interpreter may sit under a directory nobody may not enter (a clone or
+# a pyenv build in /root). Then, in a mount namespace of this run alone, a tmpfs covers that
+# directory and holds read-only binds of just the checkout and the interpreter's prefix, at
+# their own paths; nothing else of it is visible.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -19,36 +20,66 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 scratch=$(mktemp -d /tmp/flt-unit.XXXXXX)
-stage=$(mktemp -d /tmp/flt-interp.XXXXXX)
-# stage is only ever a mount point inside the namespace: rmdir, never rm -r, even if a mount leaked
-trap 'rm -rf "$scratch"; rmdir "$stage"' EXIT
+stages=()
+cleanup() {
+  rm -rf "$scratch"
+  # a stage is only ever a mount point inside the namespace: rmdir, never rm -r
+  for stage in "${stages[@]}"; do rmdir "$stage"; done
+}
+trap cleanup EXIT
 chown nobody:nogroup "$scratch"
+flt_settings=()  # FLT_SOAK, FLT_CRASH_SEED and the like still reach the tests
+while IFS= read -r setting; do flt_settings+=("$setting"); done < <(env | grep '^FLT_' || true)
 as_nobody=(env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$scratch" TMPDIR="$scratch" LANG=C.UTF-8
-           PYTHONDONTWRITEBYTECODE=1 setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs)
+           PYTHONDONTWRITEBYTECODE=1 "${flt_settings[@]}" setpriv --reuid=nobody --regid=nogroup --clear-groups --no-new-privs)
 
-# Every directory on the way to the interpreter's prefix must let nobody in (a test of the
-# path itself: an exec can succeed where the interpreter's own subprocesses are refused).
+# The first directory on the way to $1 (itself included) that nobody may not enter. The path
+# is walked as nobody: an exec can succeed where the interpreter's own subprocesses are refused.
+blocked_dir() {
+  local dir= part parts
+  IFS=/ read -ra parts <<<"${1#/}"
+  for part in "${parts[@]}"; do
+    dir="$dir/$part"
+    if ! "${as_nobody[@]}" test -x "$dir"; then
+      echo "$dir"
+      return
+    fi
+  done
+}
+
+checkout=$(pwd -P)
 prefix=$("$py" -c 'import sys; print(sys.base_prefix)')
-blocked=
-dir=
-IFS=/ read -ra parts <<<"${prefix#/}"
-for part in "${parts[@]}"; do
-  dir="$dir/$part"
-  if ! "${as_nobody[@]}" test -x "$dir"; then
-    blocked=$dir
-    break
+binds=()  # blocked directory, path to show in it, stage; three words per path
+for path in "$checkout" "$prefix"; do
+  blocked=$(blocked_dir "$path")
+  [ -n "$blocked" ] || continue
+  if [ "$blocked" = "$path" ]; then
+    echo "unprivileged.sh: nobody may not enter $path itself" >&2
+    exit 1
   fi
+  stage=$(mktemp -d /tmp/flt-stage.XXXXXX)
+  stages+=("$stage")
+  binds+=("$blocked" "$path" "$stage")
+  echo "unprivileged.sh: nobody may not enter $blocked; this run shows it only $path" >&2
 done
-if [ -z "$blocked" ]; then
+if [ ${#binds[@]} -eq 0 ]; then
   "${as_nobody[@]}" "${pytest[@]}"
   exit
 fi
-echo "unprivileged.sh: nobody may not enter $blocked; showing it only $prefix" >&2
 unshare --mount --propagation private -- bash -euc '
-  prefix=$1 blocked=$2 stage=$3
-  shift 3
-  mount --bind "$prefix" "$stage"
-  mount -t tmpfs -o mode=0755,size=1m flannelette-unprivileged "$blocked"
-  mkdir -p "$prefix"
-  mount --bind -o ro "$stage" "$prefix"
-  exec "$@"' unprivileged "$prefix" "$blocked" "$stage" "${as_nobody[@]}" "${pytest[@]}"
+  count=$1
+  shift
+  binds=("${@:1:count}")
+  shift "$count"
+  for ((i = 0; i < count; i += 3)); do mount --bind "${binds[i+1]}" "${binds[i+2]}"; done
+  covered="|"
+  for ((i = 0; i < count; i += 3)); do
+    case $covered in *"|${binds[i]}|"*) continue ;; esac
+    mount -t tmpfs -o mode=0755,size=1m flt-unprivileged "${binds[i]}"
+    covered="$covered${binds[i]}|"
+  done
+  for ((i = 0; i < count; i += 3)); do
+    mkdir -p "${binds[i+1]}"
+    mount --bind -o ro "${binds[i+2]}" "${binds[i+1]}"
+  done
+  exec "$@"' unprivileged "${#binds[@]}" "${binds[@]}" "${as_nobody[@]}" "${pytest[@]}"
