@@ -20,7 +20,7 @@ class FakeRegistry:
     def __init__(self, revision: int = 1, leases: tuple[KeyValue, ...] | list[KeyValue] = (),
                  rpc_delay: float = 0.0):
         self.kv: dict[str, tuple[str, int]] = {}  # lease key -> (value, etcd lease id)
-        self.revision = revision
+        self.revision = revision  # etcd's: every write moves it
         self.load(revision, leases)
         self.ttls: dict[int, int] = {}  # etcd lease id -> seconds left
         self.next_id = 100
