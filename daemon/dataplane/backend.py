@@ -1,12 +1,12 @@
-"""The Backend base the vxlan and host-gw backends share, and the data plane's error.
+"""The Backend contract, the KernelBackend the vxlan and host-gw backends share, and
+the data plane's error.
 
-A Backend turns the set of leases into kernel objects, level-triggered: each
-`reconcile(own, leases)` recomputes the whole plan (daemon.dataplane.planner), reads what
-the kernel holds (daemon.dataplane.kernel) and applies the difference with replace
-semantics, so hand-deleted entries or a deleted VXLAN device come back on the
-next call. `watch_kernel` calls back when someone touches our objects, so the
-daemon does not have to wait for its periodic tick. All work happens in the
-network namespace of the calling process.
+A backend turns the set of leases into kernel objects. KernelBackend does it
+level-triggered: each `reconcile(own, leases)` recomputes the whole plan
+(daemon.dataplane.planner), reads what the kernel holds (daemon.dataplane.kernel) and
+applies the difference with replace semantics, so hand-deleted entries or a deleted
+VXLAN device come back on the next call. `watch_kernel` calls back when someone
+touches our objects, so the daemon does not have to wait for its periodic tick.
 """
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ import gc
 import logging
 import operator
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Protocol
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
 from daemon import netlink as nl
@@ -43,34 +42,72 @@ class ReconcileStats:
     errors: int = 0
     refused: int = 0  # leases we cannot program (host-gw peer not on-link, bad VtepMAC, ...)
     recreated: list[str] = field(default_factory=list)  # devices that had vanished
-    seconds: float = 0.0
 
 
-@dataclass
-class DataplaneMetrics:
-    """Cumulative counters for /metrics."""
-    reconciles: int = 0
-    objects_programmed: int = 0
-    errors: int = 0
-    devices_recreated: int = 0
-    refused_peers: int = 0  # gauge: refused leases in the last reconcile
-    last_reconcile_seconds: float = 0.0
+class KernelWatchHandle(Protocol):
+    def stop(self) -> None: ...
 
 
-class Backend:
-    """Common reconcile machinery; subclasses supply devices and the lease attrs."""
+class Backend(Protocol):
+    """What the daemon asks of a data plane backend (vxlan, host-gw, alloc).
 
-    kind = ""
+    Given: the network config, the node (daemon.dataplane.node.NodeInfo: uplink, public
+    IPs, MTU) and a state directory of its own; `backends.make_backend` builds one.
+    Called, in this order: prepare, configure(own), then reconcile(own, peers) for as
+    long as the daemon runs (configure again when the subnet moves), close at the end.
+    May assume:
+    - every call runs in the network namespace of the process that built it;
+    - reconcile runs on one thread, never two at once; prepare and configure run on
+      the main thread, configure also while reconciles run (when our subnet moves);
+    - programmed() is called from any thread (the status report), so it only reads;
+    - reconcile gets the whole wanted state each time (every peer but us), not a delta,
+      and may be called with the same leases again at any time (the periodic tick);
+    - nothing is torn down at the end: close() leaves devices and routes in place, so
+      a restart loses no packet.
+    """
+
+    mtu: int  # the pods' MTU, written to subnet.env
+
+    # prepare and configure raise DataplaneError for what the operator must fix: the
+    # daemon stops with that one line
+
+    def prepare(self) -> LeaseAttrs:
+        """Set up what the lease value describes (a VTEP and its MAC) and return it."""
+
+    def configure(self, own: Lease) -> None:
+        """Give our devices their addresses for `own`, our (new) lease."""
+
+    def reconcile(self, own: Lease, leases: list[Lease]) -> ReconcileStats:
+        """Bring the kernel in line with `leases`; a peer that fails is counted, not raised."""
+
+    def programmed(self, lease: Lease) -> bool:
+        """Whether every object for `lease` was in the kernel after the last reconcile."""
+
+    def watch_kernel(self, callback: Callable[[], None]) -> Optional[KernelWatchHandle]:
+        """Call `callback()` from a thread of its own when our kernel objects are touched;
+        None when there is nothing to watch."""
+
+    def close(self) -> None:
+        """Release sockets; the kernel objects stay."""
+
+
+class AppliedPlan(NamedTuple):
+    """What the last reconcile planned, on which devices (the kernel watch compares with it)."""
+    devices: kernel.Devices
+    plan: Plan
+
+
+class KernelBackend:
+    """The Backend that programs the kernel: the reconcile machinery vxlan and host-gw
+    share. A subclass supplies the topology, its devices and the lease attrs."""
 
     def __init__(self, netconf: NetworkConfig, node: NodeInfo, state_dir: str):
         self.netconf, self.node, self.state_dir = netconf, node, state_dir
         self.mtu = node.iface_mtu
-        self.metrics = DataplaneMetrics()
         self._sock = nl.RtnlSocket()  # opened here: it stays in this netns
-        self._lock = threading.Lock()
-        self._wanted: Optional[Plan] = None
-        self._plan_inputs: Optional[tuple] = None  # what self._wanted was planned from
-        self._devs: Optional[kernel.Devices] = None
+        self._lock = threading.Lock()  # one user of the socket at a time
+        self._applied: Optional[AppliedPlan] = None
+        self._plan_inputs: Optional[tuple] = None  # what self._applied.plan was planned from
         self._programmed: dict[str, bool] = {}
         self._refused_logged: dict[str, str] = {}
         self.networks = tuple(n for n in (netconf.network if netconf.enable_ipv4 else None,
@@ -81,7 +118,7 @@ class Backend:
     def prepare(self) -> LeaseAttrs:
         raise NotImplementedError
 
-    def configure(self, own: Lease) -> None:
+    def _configure(self, own: Lease) -> None:
         """Give our devices their addresses for `own`; nothing to do by default."""
 
     def _topology(self) -> Topology:
@@ -91,9 +128,12 @@ class Backend:
         """(devices, names recreated because they had vanished or were wrong)."""
         raise NotImplementedError
 
-    # -------------------------------------------------- the loop body
+    # -------------------------------------------------- the contract
+    def configure(self, own: Lease) -> None:
+        with self._lock:  # a subnet move calls it while the reconcile thread runs
+            self._configure(own)
+
     def reconcile(self, own: Optional[Lease], leases: list[Lease]) -> ReconcileStats:
-        start = time.perf_counter()
         with self._lock, _no_cyclic_gc():
             devs, recreated = self._ensure_devices(own)
             topo = self._topology()
@@ -102,25 +142,50 @@ class Backend:
                 connected = kernel.directly_connected(
                     self._sock, _peer_ips(own, leases, topo), self.node.iface_index)
             wanted = self._plan(own, leases, topo, connected)
-            self._wanted, self._devs = wanted, devs  # before applying: the watch compares with it
+            self._applied = AppliedPlan(devs, wanted)  # before applying: the watch compares with it
             current = kernel.read_state(self._sock, devs, topo.ipv4, topo.ipv6)
             changes = diff(wanted, current, devs.owned)
             result = kernel.apply(self._sock, changes, devs)
-            stats = self._account(wanted, changes, result, recreated)
-        stats.seconds = time.perf_counter() - start
-        self.metrics.last_reconcile_seconds = stats.seconds
-        return stats
+            return self._account(wanted, changes, result, recreated)
 
+    def programmed(self, lease: Lease) -> bool:
+        return self._programmed.get(lease_key(lease), False)
+
+    def watch_kernel(self, callback: Callable[[], None]) -> KernelWatchHandle:
+        from daemon.dataplane.kernel_watch import KernelWatch
+        watcher = KernelWatch(self, callback)
+        watcher.start()
+        return watcher
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # -------------------------------------------------- what the kernel watch reads
+    @property
+    def netlink_port(self) -> int:
+        """Our socket's netlink port: events our own requests caused carry it."""
+        return self._sock.port
+
+    def wait_while_reconciling(self) -> None:
+        """Return once no reconcile (or configure) is running."""
+        with self._lock:
+            pass
+
+    def applied_plan(self) -> Optional[AppliedPlan]:
+        """The devices and the plan of the last reconcile; None before the first."""
+        return self._applied
+
+    # -------------------------------------------------- helpers
     def _plan(self, own: Optional[Lease], leases: list[Lease], topo: Topology,
                connected: set[str]) -> Plan:
         """The last plan again when nothing it depends on changed, as on most ticks:
         building a second 15000-object plan next to the live one was most of a tick's
         memory peak. Leases are compared by identity (the watcher replaces a changed one)."""
         inputs = (own, topo, frozenset(connected))
-        last = self._plan_inputs
-        if (self._wanted is not None and last is not None and last[0] == inputs
+        last, applied = self._plan_inputs, self._applied
+        if (applied is not None and last is not None and last[0] == inputs
                 and len(last[1]) == len(leases) and all(map(operator.is_, last[1], leases))):
-            return self._wanted
+            return applied.plan
         wanted = plan(own, leases, topo, connected)
         self._plan_inputs = (inputs, list(leases))
         return wanted
@@ -141,12 +206,6 @@ class Backend:
                 log.warning("refusing peer: %s", why)
         self._refused_logged = dict(wanted.refused)
         removed = len(changes.del_routes) + len(changes.del_fdbs) + len(changes.del_neighs)
-        m = self.metrics
-        m.reconciles += 1
-        m.objects_programmed += result.applied
-        m.errors += len(result.failed)
-        m.devices_recreated += len(recreated)
-        m.refused_peers = len(wanted.refused)
         return ReconcileStats(
             wanted=wanted.size, unchanged=changes.unchanged,
             set=len(changes.set_neighs) + len(changes.set_fdbs) + len(changes.set_routes),
@@ -156,20 +215,6 @@ class Backend:
     def _advertised_ipv6(self) -> Optional[str]:
         """PublicIPv6 goes into the lease only with EnableIPv6 (null otherwise, as flannel)."""
         return self.node.public_ipv6 if self.netconf.enable_ipv6 else None
-
-    def programmed(self, lease: Lease) -> bool:
-        """True when every object for `lease` is in the kernel as of the last reconcile."""
-        return self._programmed.get(lease_key(lease), False)
-
-    def watch_kernel(self, callback: Callable[[], None]) -> "threading.Thread":
-        """Start a thread that calls `callback()` when our devices or entries change."""
-        from daemon.dataplane.kernel_watch import KernelWatch
-        watcher = KernelWatch(self, callback)
-        watcher.start()
-        return watcher
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 @contextlib.contextmanager

@@ -16,10 +16,13 @@ import errno
 import logging
 import socket
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from daemon import netlink as nl
 from daemon.dataplane.planner import Fdb, Neigh, Route
+
+if TYPE_CHECKING:
+    from daemon.dataplane.backend import KernelBackend
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +32,12 @@ IFF_UP = 0x1
 
 
 class KernelWatch(threading.Thread):
-    def __init__(self, backend, callback: Callable[[], None]):
+    def __init__(self, backend: KernelBackend, callback: Callable[[], None]):
         super().__init__(name="kernel-watch", daemon=True)
         self.backend, self.callback = backend, callback
         self.sock = nl.RtnlSocket(groups=GROUPS)  # created here: in the caller's netns
         self.sock.sock.settimeout(0.5)  # wake up now and then to notice stop()
-        self.own_port = backend._sock.port
+        self.own_port = backend.netlink_port
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -53,8 +56,7 @@ class KernelWatch(threading.Thread):
                     log.info("kernel event queue overflowed; reconciling to be sure")
                     self.callback()
                     continue
-                with self.backend._lock:  # a reconcile is running: read its echoes after it
-                    pass
+                self.backend.wait_while_reconciling()  # then read its echoes at once
                 reason = self.first_reason(buf)
                 if reason:
                     log.info("kernel change: %s", reason)
@@ -74,9 +76,10 @@ class KernelWatch(threading.Thread):
         return ""
 
     def why(self, mtype: int, buf: bytes, off: int, end: int) -> str:
-        devs, wanted = self.backend._devs, self.backend._wanted
-        if devs is None:
+        applied = self.backend.applied_plan()
+        if applied is None:
             return ""
+        devs, wanted = applied
         if mtype in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
             index, flags, change, name = nl.parse_link(buf, off, end)
             ours = name in devs.vteps or name == devs.uplink or index in devs.by_index
@@ -92,8 +95,6 @@ class KernelWatch(threading.Thread):
         if mtype == nl.RTM_DELADDR:
             index = nl._U32.unpack_from(buf, off + 4)[0]  # ifaddrmsg: family, plen, flags, scope, index
             return f"address removed from {devs.name(index)}" if devs.name(index) in devs.vteps else ""
-        if wanted is None:
-            return ""
         if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
             n = nl.parse_neigh(buf, off, end)
             dev = devs.by_index.get(n.ifindex)

@@ -145,10 +145,6 @@ def programmed(state: dict, leases) -> list[bool]:
     return [state["backend"].programmed(lease) for lease in leases]
 
 
-def metrics(state: dict):
-    return state["backend"].metrics
-
-
 def start_watch(state: dict) -> None:
     import threading
 

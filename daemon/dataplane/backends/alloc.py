@@ -6,21 +6,23 @@ whose own routing does the job). It is also how tests exercise leases alone.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
 from daemon.dataplane.backend import ReconcileStats
 from daemon.dataplane.node import NodeInfo
 
 
 class AllocBackend:
-    kind = "alloc"
+    """A daemon.dataplane.backend.Backend with no kernel objects and no state on disk."""
 
-    def __init__(self, netconf: NetworkConfig, node: NodeInfo):
-        self.netconf, self.node = netconf, node
+    def __init__(self, netconf: NetworkConfig, node: NodeInfo, state_dir: str):
+        self.node = node
         self.mtu = netconf.backend.mtu or node.iface_mtu
 
     def prepare(self) -> LeaseAttrs:
-        return LeaseAttrs(PublicIP=self.node.public_ip, PublicIPv6=self.node.public_ipv6,
-                          BackendType=self.kind)
+        return LeaseAttrs(public_ip=self.node.public_ip, public_ipv6=self.node.public_ipv6,
+                          backend_type="alloc")
 
     def configure(self, own: Lease) -> None:
         pass
@@ -28,11 +30,11 @@ class AllocBackend:
     def reconcile(self, own: Lease, leases: list[Lease]) -> ReconcileStats:
         return ReconcileStats()
 
-    def watch_kernel(self, callback) -> None:
-        return None
-
     def programmed(self, lease: Lease) -> bool:
         return False  # nothing is ever programmed for a peer
+
+    def watch_kernel(self, callback: Callable[[], None]) -> None:
+        return None
 
     def close(self) -> None:
         pass

@@ -7,20 +7,18 @@ How it works. No device is created. Per remote lease the planner asks for
 (and the same for the IPv6 subnet via PublicIPv6). A peer whose PublicIP is not
 directly connected on the uplink (the route lookup has a gateway, or leaves on
 another interface) cannot be reached this way: it is refused with a log line and
-counted in `metrics.refused_peers`, instead of installing a route that silently
+counted in the `refused_peers` metric, instead of installing a route that silently
 black-holes (flannel installs it anyway).
 """
 from __future__ import annotations
 
 from conf.flannel import Lease, LeaseAttrs
 from daemon.dataplane import kernel
-from daemon.dataplane.backend import Backend, DataplaneError
+from daemon.dataplane.backend import DataplaneError, KernelBackend
 from daemon.dataplane.planner import HOST_GW, Topology
 
 
-class HostGwBackend(Backend):
-    kind = HOST_GW
-
+class HostGwBackend(KernelBackend):
     def prepare(self) -> LeaseAttrs:
         node = self.node
         if node.iface_ip and node.public_ip != node.iface_ip:

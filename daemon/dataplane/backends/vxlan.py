@@ -29,7 +29,7 @@ from typing import Optional
 from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs, ensure_dir, write_atomic
 from daemon import links
 from daemon.dataplane import kernel
-from daemon.dataplane.backend import Backend, DataplaneError
+from daemon.dataplane.backend import DataplaneError, KernelBackend
 from daemon.dataplane.planner import VXLAN, Topology
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ class VtepSpec:
     mtu: int
 
 
-class VxlanBackend(Backend):
-    kind = VXLAN
-
+class VxlanBackend(KernelBackend):
     def __init__(self, netconf, node, state_dir):
         super().__init__(netconf, node, state_dir)
         cfg = netconf.backend
@@ -82,7 +80,7 @@ class VxlanBackend(Backend):
                           backend_type=VXLAN, backend_data=data.get(socket.AF_INET),
                           backend_v6_data=data.get(socket.AF_INET6))
 
-    def configure(self, own: Lease) -> None:
+    def _configure(self, own: Lease) -> None:
         self._own = own
         self._ensure_devices(own)
 
