@@ -29,7 +29,6 @@ MAGIC = b"FLT1"
 OP_CNI = b"C"
 OP_STATUS = b"S"
 REFUSED = 255
-HEADER_LEN = len(MAGIC) + 1 + 4 + 4
 
 
 class _ScanContext:

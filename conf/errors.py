@@ -27,14 +27,6 @@ class IncompatibleVersionError(CniError):
     code = 1
 
 
-class UnsupportedFieldError(CniError):
-    code = 2
-
-
-class ContainerUnknownError(CniError):
-    code = 3
-
-
 class InvalidEnvError(CniError):
     code = 4
 
@@ -63,11 +55,6 @@ class TryAgainError(CniError):
 class NotAvailableError(CniError):
     """STATUS: the plugin cannot service ADD now."""
     code = 50
-
-
-class LimitedConnectivityError(CniError):
-    """STATUS: not available and existing pods may have limited connectivity."""
-    code = 51
 
 
 # Plugin-specific codes (100+).

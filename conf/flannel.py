@@ -21,7 +21,7 @@ IPv6Net = ipaddress.IPv6Network
 DEFAULT_PREFIX = "/coreos.com/network"
 DEFAULT_SUBNET_FILE = "/run/flannel/subnet.env"
 VXLAN_DEFAULT_PORT = 8472
-VXLAN_OVERHEAD = 50
+VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: flannel's MTU = uplink - 50
 
 
 # ---------------------------------------------------------------- network config
@@ -203,10 +203,6 @@ class LeaseAttrs(BaseModel):
     @property
     def vxlan(self) -> Optional[VxlanData]:
         return VxlanData.model_validate(self.backend_data) if self.backend_data else None
-
-    @property
-    def vxlan_v6(self) -> Optional[VxlanData]:
-        return VxlanData.model_validate(self.backend_v6_data) if self.backend_v6_data else None
 
 
 class Lease(BaseModel):

@@ -48,7 +48,7 @@ class Network:
 
 
 @dataclass
-class Plan:
+class AddressPool:
     """Where addresses come from and which routes go with them."""
 
     range_sets: list[list[Range]]
@@ -70,20 +70,20 @@ def load_network(req: Request) -> Network:
     return Network(netconf=netconf, ipam=ipam, store=open_store(ipam.data_dir, netconf.name))
 
 
-def plan_ranges(ipam: IpamConf) -> Plan:
+def address_pool(ipam: IpamConf) -> AddressPool:
     """Explicit ranges win; otherwise the node's subnet.env (11 when it is missing)."""
     if ipam.ranges:
-        return Plan(make_range_sets(ipam.ranges), list(ipam.routes or []))
+        return AddressPool(make_range_sets(ipam.ranges), list(ipam.routes or []))
     env = load_subnet_env(ipam.subnet_file)
     range_sets = range_sets_from_subnet_env(env)
     if ipam.routes is not None:
-        return Plan(range_sets, list(ipam.routes))
+        return AddressPool(range_sets, list(ipam.routes))
     # One route per cluster network, as flannel gives host-local, but with the gateway
     # spelled out: the reference bridge's CHECK only finds routes whose gw matches.
     gateways = {rs[0].gateway.version: str(rs[0].gateway) for rs in range_sets}
     routes = [Route(dst=str(n), gw=gateways.get(n.version, ""))
               for n in (*env.networks, *env.ipv6_networks)]
-    return Plan(range_sets, routes)
+    return AddressPool(range_sets, routes)
 
 
 def _parse_ip(value: Any, field: str, error: type[CniError]) -> IPAddr:
@@ -143,15 +143,15 @@ def read_resolv_conf(path: str) -> Dns:
 
 def cmd_add(req: Request) -> Result:
     net = load_network(req)
-    plan = plan_ranges(net.ipam)
-    net.store = open_store(net.ipam.data_dir, net.netconf.name, plan.range_sets)
+    pool = address_pool(net.ipam)
+    net.store = open_store(net.ipam.data_dir, net.netconf.name, pool.range_sets)
     wanted = requested_ips(req, net.netconf)
     dns = read_resolv_conf(net.ipam.resolv_conf) if net.ipam.resolv_conf else Dns()
-    allocations = Allocator(net.store, plan.range_sets).allocate(
+    allocations = Allocator(net.store, pool.range_sets).allocate(
         req.env.container_id, req.env.ifname, wanted)
     return Result(
         ips=[IPConfig(address=a.address, gateway=str(a.range.gateway)) for a in allocations],
-        routes=plan.routes,
+        routes=pool.routes,
         dns=dns,
     )
 
@@ -168,21 +168,21 @@ def cmd_del(req: Request) -> None:
 
 def cmd_check(req: Request) -> None:
     net = load_network(req)  # the store as ADD left it: CHECK moves no link
-    plan = plan_ranges(net.ipam)
+    pool = address_pool(net.ipam)
     cid, ifname = req.env.container_id, req.env.ifname
     held = held_by(net.store, cid, ifname) if os.path.isdir(net.store.dir) else []
     if not held:
         raise CheckFailedError(
             f"no IP address is allocated to container {cid} interface {ifname} in network {net.netconf.name}")
     for ip in held:
-        if not plan.covers(ip):
+        if not pool.covers(ip):
             raise CheckFailedError(
                 f"{ip} held by container {cid} interface {ifname} is outside the current ranges "
-                + "; ".join(describe(rs) for rs in plan.range_sets))
+                + "; ".join(describe(rs) for rs in pool.range_sets))
     prev = Result.load(net.netconf.prev_result)
     for ipc in prev.ips:
         ip = ipc.interface_address.ip
-        if plan.covers(ip) and ip not in held:
+        if pool.covers(ip) and ip not in held:
             raise CheckFailedError(
                 f"prevResult address {ip} is not allocated to container {cid} interface {ifname}")
 
@@ -203,10 +203,10 @@ def cmd_gc(req: Request) -> None:
 def cmd_status(req: Request) -> None:
     net = load_network(req)
     if net.ipam.ranges:
-        plan_ranges(net.ipam)  # a bad range is a config error (7), not unavailability
+        address_pool(net.ipam)  # a bad range is a config error (7), not unavailability
         return
     try:
-        plan_ranges(net.ipam)
+        address_pool(net.ipam)
     except CniError as e:
         raise NotAvailableError(f"flannelette-ipam cannot allocate: {e.msg}") from None
 

@@ -35,8 +35,6 @@ class Reconciler:
         self._reasons: set[str] = set()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
-        self.runs = 0
-        self.last_error: Optional[str] = None
 
     def trigger(self, reason: str) -> None:
         with self._lock:
@@ -79,14 +77,11 @@ class Reconciler:
         started = time.monotonic()
         try:
             stats = self.backend.reconcile(own, peers)
-        except Exception as e:
-            self.last_error = f"{type(e).__name__}: {e}"
+        except Exception:
             self.metrics.inc("errors_total", where="reconcile")
             log.exception("reconcile failed trigger=%s", reason)
             return None
         elapsed = time.monotonic() - started
-        self.runs += 1
-        self.last_error = None
         self.metrics.inc("reconcile_runs_total", trigger=_trigger_label(reason))
         self.metrics.observe("reconcile_duration_seconds", elapsed)
         self._record(stats)

@@ -250,7 +250,7 @@ def gather_node(settings: DaemonSettings, conf: dict, subnet_file: str) -> NodeF
             n.network, backend, direct = config.network, config.backend.type, config.backend.direct_routing
         _rev, kvs = registry.list_leases()
         for kv in kvs:
-            lease = collect.peer_lease(load_lease(kv.key, kv.value), kv.lease_id, registry)
+            lease = collect.lease_facts(load_lease(kv.key, kv.value), kv.lease_id, registry)
             if lease.subnet == own:
                 n.own = lease
             else:

@@ -25,7 +25,7 @@ from cni_plugin.rtnl import NetlinkError, RtnlSocket
 from conf.flannel import Lease, load_lease
 from daemon import links as node_links
 from daemon import netlink as nl
-from daemon.doctor.facts import Iface, PathFacts, PeerLease, Probes, Route
+from daemon.doctor.facts import Iface, LeaseFacts, PathFacts, Probes, Route
 from daemon.etcd.registry import Registry, RegistryError
 
 SIOCETHTOOL, ETHTOOL_GTXCSUM = 0x8946, 0x16
@@ -138,16 +138,16 @@ def read_lease(f: PathFacts, registry: Registry) -> None:
             lease = load_lease(kv.key, kv.value)
             if f.dest in lease.subnet:
                 f.dest_subnet = lease.subnet
-                f.lease = peer_lease(lease, kv.lease_id, registry)
+                f.lease = lease_facts(lease, kv.lease_id, registry)
     except (RegistryError, ValueError) as e:
         f.etcd_error = str(e) or type(e).__name__
 
 
-def peer_lease(lease: Lease, lease_id: int, registry: Registry) -> PeerLease:
+def lease_facts(lease: Lease, lease_id: int, registry: Registry) -> LeaseFacts:
     """A lease as the doctor sees it, with the seconds its etcd lease has left."""
     ttl = registry.time_to_live(lease_id) if lease_id else None
     vx = lease.attrs.vxlan if lease.attrs.backend_type == "vxlan" else None
-    return PeerLease(lease.subnet, str(lease.attrs.public_ip), lease.attrs.backend_type,
+    return LeaseFacts(lease.subnet, str(lease.attrs.public_ip), lease.attrs.backend_type,
                      vx.vtep_mac if vx else "", ttl)
 
 

@@ -10,8 +10,6 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
-VXLAN_OVERHEAD = 50  # outer IPv4 + UDP + VXLAN + inner Ethernet: flannel's MTU = uplink - 50
-
 
 @dataclass
 class Iface:
@@ -35,8 +33,8 @@ class Route:
 
 
 @dataclass
-class PeerLease:
-    """The destination's lease in etcd (None in PathFacts.lease when there is none)."""
+class LeaseFacts:
+    """A lease in etcd as the doctor reads it (None in PathFacts.lease when there is none)."""
     subnet: ipaddress.IPv4Network
     public_ip: str
     backend: str
@@ -79,7 +77,7 @@ class PathFacts:
     uplink_networks: list[ipaddress.IPv4Network] = field(default_factory=list)
     neighbours: dict[str, str] = field(default_factory=dict)  # flannel.1: IP -> MAC (permanent)
     fdb: dict[str, str] = field(default_factory=dict)  # flannel.1: MAC -> dst IP
-    lease: Optional[PeerLease] = None
+    lease: Optional[LeaseFacts] = None
     etcd_error: str = ""  # why leases could not be read ("" when they were)
     probes: Probes = field(default_factory=Probes)
     iptables: dict[str, str] = field(default_factory=dict)  # backend ("legacy"/"nft"/"") -> save text

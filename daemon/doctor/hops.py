@@ -11,10 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from daemon.doctor.facts import VXLAN_OVERHEAD, PathFacts, Route
+from conf.flannel import VXLAN_OVERHEAD
+from daemon.doctor.facts import PathFacts, Route
 
-FWD_MARK = "flanneld forward"
-MASQ_MARK = "flanneld masq"
 CSUM_FIXED_IN = (5, 7)  # netfilter: nat: never update the UDP checksum when it's 0 (flannel #1279)
 
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 from conf.flannel import SubnetEnv
 from daemon.doctor import hops
-from daemon.doctor.facts import PathFacts, PeerLease
+from daemon.doctor.facts import LeaseFacts, PathFacts
 from daemon.doctor.hops import Hop, Report
 
 NEARLY_FULL = 0.9  # of the range's usable addresses
@@ -37,8 +37,8 @@ class NodeFacts:
     env_error: str = ""
     daemon_ready: Optional[bool] = None  # None: no answer on the socket
     daemon_error: str = ""
-    own: Optional[PeerLease] = None  # this node's lease in etcd
-    peers: list[PeerLease] = field(default_factory=list)
+    own: Optional[LeaseFacts] = None  # this node's lease in etcd
+    peers: list[LeaseFacts] = field(default_factory=list)
     network: Optional[ipaddress.IPv4Network] = None  # from etcd's network config
     etcd_error: str = ""
     kernel: Optional[PathFacts] = None  # the node's routes, neighbours, FDB, flannel.1 (pod fields unused)
@@ -88,7 +88,7 @@ def check_subnet_env(n: NodeFacts) -> Hop:
                "restart flanneletted (it rewrites subnet.env)" if wrong else "")
 
 
-def peer_facts(k: PathFacts, peer: PeerLease) -> PathFacts:
+def peer_facts(k: PathFacts, peer: LeaseFacts) -> PathFacts:
     """The node's kernel facts looking at one peer (a path to its first address)."""
     dest = peer.subnet.network_address + 1
     return dataclasses.replace(k, dest=dest, dest_subnet=peer.subnet, lease=peer, notes=[])

@@ -60,10 +60,6 @@ class PeerAttrs:
     def vxlan(self) -> Optional[VxlanInfo]:
         return _vxlan(self.backend_data)
 
-    @property
-    def vxlan_v6(self) -> Optional[VxlanInfo]:
-        return _vxlan(self.backend_v6_data)
-
 
 class PeerLease:
     """One node's lease as the daemon keeps it (see the module docstring)."""

@@ -35,7 +35,7 @@ def test_compact_lease_holds_the_models_values():
     assert peer.attrs.public_ip == model.attrs.public_ip
     assert peer.attrs.public_ipv6 == ipaddress.ip_address("fd00::3")
     assert peer.attrs.backend_type == "vxlan" and peer.attrs.backend_data == model.attrs.backend_data
-    assert peer.attrs.vxlan == VxlanInfo(1, "aa:bb:cc:dd:ee:03") and peer.attrs.vxlan_v6 is None
+    assert peer.attrs.vxlan == VxlanInfo(1, "aa:bb:cc:dd:ee:03")
     assert peer.expiration == 12.5
 
 

@@ -86,12 +86,15 @@ def test_the_periodic_tick_runs_without_any_trigger():
         r.stop()
 
 
-def test_a_failing_run_is_counted_and_the_next_trigger_retries():
+def test_a_failing_run_is_counted_and_logged_and_the_next_trigger_retries(caplog):
     backend = FakeBackend(fail_times=1)
     r = loop(backend, [lease(2)])
-    assert r.run_once("etcd") is None and "netlink said no" in r.last_error
+    with caplog.at_level(logging.ERROR, logger="flanneletted.reconcile"):
+        assert r.run_once("etcd") is None
+    assert "netlink said no" in caplog.text
     assert r.metrics.get("errors_total", where="reconcile") == 1
-    assert r.run_once("tick") is not None and r.last_error is None
+    assert r.run_once("tick") is not None
+    assert r.metrics.get("errors_total", where="reconcile") == 1
 
 
 def test_metrics_text_is_prometheus_exposition():

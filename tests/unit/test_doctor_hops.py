@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from daemon.doctor import Iface, PathFacts, PeerLease, Probes, Route, diagnose
+from daemon.doctor import Iface, LeaseFacts, PathFacts, Probes, Route, diagnose
 from daemon.doctor.cli import plugin_conf, render
 
 IP = ipaddress.ip_interface
@@ -41,7 +41,7 @@ def healthy(**changes) -> PathFacts:
         vtep=Iface("flannel.1", 3, True, 1450), uplink=Iface("eth0", 2, True, 1500),
         uplink_networks=[NET("192.168.50.0/24")],
         neighbours={"10.244.2.0": VTEP_MAC}, fdb={VTEP_MAC: "192.168.50.12"},
-        lease=PeerLease(NET("10.244.2.0/24"), "192.168.50.12", "vxlan", VTEP_MAC, 86000),
+        lease=LeaseFacts(NET("10.244.2.0/24"), "192.168.50.12", "vxlan", VTEP_MAC, 86000),
         probes=Probes(True, True, True), iptables={"nft": "", "legacy": ""},
         rp_filter={"all": 0, "cni0": 0, "flannel.1": 0, "eth0": 0},
         reverse_dev={"10.244.1.2": "cni0", "10.244.2.3": "flannel.1"},
@@ -86,8 +86,8 @@ def test_a_healthy_vxlan_path_is_sound_and_lists_every_hop_in_order():
     ("vxlan-fdb", {"fdb": {}}),
     ("vxlan-fdb", {"fdb": {VTEP_MAC: "192.168.50.99"}}),
     ("peer-lease", {"lease": None}),
-    ("peer-lease", {"lease": PeerLease(NET("10.244.2.0/24"), "192.168.50.12", "host-gw")}),
-    ("peer-lease", {"lease": PeerLease(NET("10.244.2.0/24"), "192.168.50.12", "vxlan", VTEP_MAC, -1)}),
+    ("peer-lease", {"lease": LeaseFacts(NET("10.244.2.0/24"), "192.168.50.12", "host-gw")}),
+    ("peer-lease", {"lease": LeaseFacts(NET("10.244.2.0/24"), "192.168.50.12", "vxlan", VTEP_MAC, -1)}),
     ("peer-lease", {"etcd_error": "etcd unavailable"}),
     ("underlay", {"probes": Probes(False, None, None)}),
     ("underlay", {"probes": Probes(True, False, None)}),
@@ -137,7 +137,7 @@ def test_a_local_destination_has_no_tunnel_hops():
 
 def test_host_gw_wants_a_route_via_the_peer_public_ip_and_no_fdb():
     gw = [Route(NET("10.244.1.0/24"), "", "cni0"), Route(NET("10.244.2.0/24"), "192.168.50.12", "eth0")]
-    lease = PeerLease(NET("10.244.2.0/24"), "192.168.50.12", "host-gw")
+    lease = LeaseFacts(NET("10.244.2.0/24"), "192.168.50.12", "host-gw")
     f = healthy(backend="host-gw", node_routes=gw, lease=lease, vtep=None, neighbours={}, fdb={})
     report = diagnose(f)
     assert report.ok, [(h.name, h.found) for h in report.hops]

@@ -5,7 +5,7 @@ import ipaddress
 import json
 
 from conf.flannel import parse_subnet_env
-from daemon.doctor.facts import PeerLease
+from daemon.doctor.facts import LeaseFacts
 from daemon.doctor.node import NodeFacts, Reservation, diagnose_node, read_reservations
 from tests.unit.test_doctor_hops import VTEP_MAC, healthy
 
@@ -17,8 +17,8 @@ MASQ = ("*nat\n:FLANNEL-POSTRTG - [0:0]\n-A POSTROUTING -m comment --comment \"f
 
 def sound(ipmasq: bool = False, **changes) -> NodeFacts:
     n = NodeFacts(parse_subnet_env(ENV.format("true" if ipmasq else "false")), daemon_ready=True,
-                  own=PeerLease(NET("10.244.1.0/24"), "192.168.50.11", "vxlan", "0a:00:00:00:00:01", 86000),
-                  peers=[PeerLease(NET("10.244.2.0/24"), "192.168.50.12", "vxlan", VTEP_MAC, 86000)],
+                  own=LeaseFacts(NET("10.244.1.0/24"), "192.168.50.11", "vxlan", "0a:00:00:00:00:01", 86000),
+                  peers=[LeaseFacts(NET("10.244.2.0/24"), "192.168.50.12", "vxlan", VTEP_MAC, 86000)],
                   network=NET("10.244.0.0/16"), kernel=healthy(iptables={"nft": MASQ if ipmasq else ""}),
                   reservations=[Reservation("10.244.1.2", "c1", "eth0", True)], ipam_dir="/x/cbr0")
     for key, value in changes.items():
@@ -38,11 +38,11 @@ def test_a_sound_node_and_the_rules_check_only_with_ipmasq():
 
 def test_each_node_break_is_named():
     gone = [Reservation("10.244.1.9", "c9", "eth0", False)]
-    other = PeerLease(NET("10.244.3.0/24"), "192.168.50.13", "vxlan", "0a:00:00:00:00:03", 86000)
+    other = LeaseFacts(NET("10.244.3.0/24"), "192.168.50.13", "vxlan", "0a:00:00:00:00:03", 86000)
     cases = {
         "daemon": dict(daemon_ready=None, daemon_error="no flannelette daemon answers"),
         "lease": dict(own=None),
-        "subnet-env": dict(own=PeerLease(NET("10.244.7.0/24"), "192.168.50.11", "vxlan", "", 10)),
+        "subnet-env": dict(own=LeaseFacts(NET("10.244.7.0/24"), "192.168.50.11", "vxlan", "", 10)),
         "peers": dict(peers=[sound().peers[0], other]),
         "ipam": dict(reservations=gone),
     }
