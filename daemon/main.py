@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from conf.daemon import DaemonSettings
 from conf.errors import CniError
 from conf.flannel import Lease, NetworkConfig, SubnetEnv, load_network_config, load_subnet_env, write_subnet_env
 from daemon.health import HealthServer
+from daemon.etcd.keeper import LeaseKeeper
 from daemon.etcd.leases import DuplicateHolderError, LeaseError, LeaseLostError, LeaseManager
 from daemon.logs import setup_logging
 from daemon.memory import limit_arenas
@@ -30,6 +30,10 @@ from daemon.etcd.registry import Registry, RegistryAuthError, RegistryError, Reg
 from daemon.settings import SettingsError, parse_settings
 from daemon.status import ExpiryCache, build_report
 from daemon.etcd.watch import LeaseWatcher
+
+if TYPE_CHECKING:
+    from daemon.dataplane.backend import Backend, KernelWatchHandle
+    from daemon.dataplane.node import NodeInfo
 
 log = logging.getLogger("flanneletted")
 
@@ -41,8 +45,8 @@ class FatalError(Exception):
     """Stops the daemon; str() is the one line printed for the operator."""
 
 
-class Stopped(Exception):
-    """SIGTERM/SIGINT arrived while a startup phase was waiting."""
+class StopRequestedError(Exception):
+    """SIGTERM/SIGINT arrived while a startup phase was waiting: unwinds to run()."""
 
 
 class Daemon:
@@ -51,18 +55,17 @@ class Daemon:
         self.metrics = Metrics()
         self.ready = threading.Event()
         self.stopping = threading.Event()
-        self._wake = threading.Event()  # renew loop: stop, or our key changed in etcd
-        self._own_key_touched = False
         self.health = HealthServer(str(settings.healthz_ip), settings.healthz_port,
                                    self.metrics, self.ready)
         self.registry: Optional[Registry] = None
         self.config: Optional[NetworkConfig] = None
-        self.backend = None
+        self.backend: Optional[Backend] = None
         self.leases: Optional[LeaseManager] = None
+        self.keeper: Optional[LeaseKeeper] = None
         self.watcher: Optional[LeaseWatcher] = None
         self.reconciler: Optional[Reconciler] = None
         self.cni_server = None
-        self._kernel_watch = None
+        self._kernel_watch: Optional[KernelWatchHandle] = None
         self._expiry: Optional[ExpiryCache] = None
         self.mesh = None
 
@@ -78,10 +81,13 @@ class Daemon:
             node = self.select_node()
             self.backend = self.make_backend(node)
             attrs = self._dataplane("prepare the data plane", self.backend.prepare)
-            self.leases = LeaseManager(self.registry, self.config, self.settings.lease_ttl,
-                                       self.settings.renew_margin_seconds,
-                                       state_dir=self.settings.state_dir)
-            self.leases.on_reject = lambda reason: self.metrics.inc("leases_rejected_total", reason=reason)
+            self.leases = LeaseManager(
+                self.registry, self.config, self.settings.lease_ttl,
+                self.settings.renew_margin_seconds, state_dir=self.settings.state_dir,
+                on_reject=lambda reason: self.metrics.inc("leases_rejected_total", reason=reason))
+            self.keeper = LeaseKeeper(self.leases, self.metrics, self.settings.lease_ttl,
+                                      self.stopping, on_held=self._lease_changed,
+                                      on_lost=self.move_subnet)
             previous = self._old_subnet_env()
             own = self.acquire_lease(attrs, previous)
             self._lease_changed(own)
@@ -91,8 +97,9 @@ class Daemon:
             self.write_subnet_env(own)
             self.start_loops(masquerade)
             self.start_cni_server()
-            return self.keep_lease()
-        except Stopped:
+            self.keeper.run()  # until SIGTERM/SIGINT
+            return 0
+        except StopRequestedError:
             return 0
         except (RegistryError, LeaseError) as e:
             raise FatalError(str(e)) from None
@@ -141,37 +148,18 @@ class Daemon:
                 said = news
             self._sleep(CONFIG_RETRY)
 
-    def select_node(self):
+    def select_node(self) -> NodeInfo:
         from daemon.dataplane.backend import DataplaneError
-        from daemon.dataplane.node import discover_node
-        s = self.settings
-        public_ip = str(s.public_ip) if s.public_ip else None
-        public_ipv6 = str(s.public_ipv6) if s.public_ipv6 else None
-        families = tuple(f for f, on in ((socket.AF_INET, self.config.enable_ipv4),
-                                         (socket.AF_INET6, self.config.enable_ipv6)) if on)
-        # flanneld: each --iface, then each --iface-regex, then --iface-can-reach, the first
-        # that finds an interface wins; none given: --public-ip's holder or the default route
-        selectors = ([{"iface": spec} for spec in s.iface]
-                     + [{"iface_regex": regex} for regex in s.iface_regex]
-                     + ([{"can_reach": str(s.iface_can_reach)}] if s.iface_can_reach else []))
-        errors = []
-        for selector in selectors or [{}]:
-            try:
-                node = discover_node(public_ip=public_ip, public_ipv6=public_ipv6,
-                                     families=families, **selector)
-                break
-            except DataplaneError as e:
-                errors.append(str(e))
-        else:
-            raise FatalError(("no interface found: " if len(errors) > 1 else "") + "; ".join(errors))
-        if self.config.enable_ipv6 and not node.public_ipv6:
-            raise FatalError(f"EnableIPv6 is set but {node.iface} has no global IPv6 address; "
-                             "pass --public-ipv6")
+        from daemon.dataplane.node import select_node
+        try:
+            node = select_node(self.settings, self.config)
+        except DataplaneError as e:
+            raise FatalError(str(e)) from None
         log.info("using interface iface=%s public_ip=%s public_ipv6=%s mtu=%d", node.iface,
                  node.public_ip, node.public_ipv6, node.iface_mtu)
         return node
 
-    def make_backend(self, node):
+    def make_backend(self, node: NodeInfo) -> Backend:
         from daemon.dataplane.backend import DataplaneError
         from daemon.dataplane.backends import make_backend
         try:
@@ -264,7 +252,7 @@ class Daemon:
         self.watcher = LeaseWatcher(self.registry, self.metrics,
                                     on_change=lambda: self.reconciler.trigger("etcd"),
                                     own_key=lambda: self.leases.own.key if self.leases.own else None,
-                                    on_own_key=self._on_own_key, config=self.config)
+                                    on_own_key=self.keeper.own_key_touched, config=self.config)
         if self.leases.listing is not None:  # acquisition's listing: no need to list twice
             self.watcher.load_snapshot(*self.leases.listing)
             self.leases.listing = None
@@ -309,45 +297,6 @@ class Daemon:
                             bool(watcher and watcher.connected), watcher.revision if watcher else 0,
                             self.mesh.reachable if self.mesh else None)
 
-    # ------------------------------------------------------------ the lease, for as long as we run
-
-    def keep_lease(self) -> int:
-        retry_at: Optional[float] = None
-        while True:
-            delay = self.leases.renew_delay() if retry_at is None else max(0.0, retry_at - time.time())
-            self._wake.wait(delay)
-            self._wake.clear()
-            if self.stopping.is_set():
-                return 0
-            touched, self._own_key_touched = self._own_key_touched, False
-            if not touched and retry_at is None and self.leases.renew_delay() > 0.01:
-                continue
-            old_id = self.leases.lease_id
-            try:
-                if touched:
-                    own = self.leases.ensure_held()
-                    if self.leases.lease_id != old_id:
-                        self.metrics.inc("lease_takebacks_total")
-                else:
-                    own = self.leases.renew()
-                    self.metrics.inc("lease_renewals_total")
-                retry_at = None
-                self._lease_changed(own)
-            except LeaseLostError as e:
-                own = self.move_subnet(e)
-                retry_at = None
-                self._lease_changed(own)
-            except RegistryError as e:
-                self._own_key_touched |= touched
-                wait = min(60.0, self.settings.lease_ttl / 10)
-                log.warning("cannot renew the lease yet, retrying seconds=%.0f error=%s", wait, e)
-                self.metrics.inc("errors_total", where="lease")
-                retry_at = time.time() + wait
-
-    def _on_own_key(self) -> None:
-        self._own_key_touched = True
-        self._wake.set()
-
     def _lease_changed(self, own: Lease) -> None:
         self.metrics.set("lease_expiration_timestamp_seconds", own.expiration)
         if self.reconciler is not None:
@@ -386,17 +335,18 @@ class Daemon:
 
     def _sleep(self, seconds: float) -> None:
         if self.stopping.wait(seconds):
-            raise Stopped()
+            raise StopRequestedError()
 
     def stop(self, *_signal) -> None:
         self.stopping.set()
-        self._wake.set()
+        if self.keeper is not None:
+            self.keeper.wake()
 
     def shutdown(self) -> None:
         """Stop our threads; the data plane, subnet.env and the lease stay as they are."""
         for name, stop in (("cni server", self.cni_server and self.cni_server.stop),
                            ("health mesh", self.mesh and self.mesh.stop),
-                           ("kernel watch", getattr(self._kernel_watch, "stop", None)),
+                           ("kernel watch", self._kernel_watch and self._kernel_watch.stop),
                            ("watcher", self.watcher and self.watcher.stop),
                            ("reconciler", self.reconciler and self.reconciler.stop),
                            ("health", self.health.stop),

@@ -1,13 +1,18 @@
-"""The node's uplink, found as flanneld's LookupExtIface does: NodeInfo and discover_node."""
+"""The node's uplink, found as flanneld's LookupExtIface does: NodeInfo, discover_node
+(one selector) and select_node (the daemon's flags in flanneld's order)."""
 from __future__ import annotations
 
 import re
 import socket
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from daemon import netlink as nl
 from daemon.dataplane.backend import DataplaneError
+
+if TYPE_CHECKING:
+    from conf.daemon import DaemonSettings
+    from conf.flannel import NetworkConfig
 
 
 @dataclass(frozen=True)
@@ -133,3 +138,31 @@ def _default_route_iface(sock: nl.RtnlSocket) -> int | None:
             if r.table == nl.RT_TABLE_MAIN and r.dst.endswith("/0") and r.oif:
                 return r.oif
     return None
+
+
+def select_node(settings: DaemonSettings, config: NetworkConfig) -> NodeInfo:
+    """The uplink flanneld would pick: each --iface, then each --iface-regex, then
+    --iface-can-reach, the first that finds an interface wins; none given: --public-ip's
+    holder or the default route. DataplaneError says why none fits."""
+    s = settings
+    public_ip = str(s.public_ip) if s.public_ip else None
+    public_ipv6 = str(s.public_ipv6) if s.public_ipv6 else None
+    families = tuple(f for f, on in ((socket.AF_INET, config.enable_ipv4),
+                                     (socket.AF_INET6, config.enable_ipv6)) if on)
+    selectors = ([{"iface": spec} for spec in s.iface]
+                 + [{"iface_regex": regex} for regex in s.iface_regex]
+                 + ([{"can_reach": str(s.iface_can_reach)}] if s.iface_can_reach else []))
+    errors = []
+    for selector in selectors or [{}]:
+        try:
+            node = discover_node(public_ip=public_ip, public_ipv6=public_ipv6,
+                                 families=families, **selector)
+            break
+        except DataplaneError as e:
+            errors.append(str(e))
+    else:
+        raise DataplaneError(("no interface found: " if len(errors) > 1 else "") + "; ".join(errors))
+    if config.enable_ipv6 and not node.public_ipv6:
+        raise DataplaneError(f"EnableIPv6 is set but {node.iface} has no global IPv6 address; "
+                             "pass --public-ipv6")
+    return node

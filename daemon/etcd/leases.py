@@ -179,7 +179,7 @@ class LeaseManager:
 
     def __init__(self, registry: Registry, config: NetworkConfig, ttl: int, margin: int,
                  rng: Optional[random.Random] = None, clock: Callable[[], float] = time.time,
-                 state_dir: str = ""):
+                 state_dir: str = "", on_reject: Optional[OnReject] = None):
         if not config.enable_ipv4:
             raise LeaseError("IPv6-only networks (EnableIPv4 false) are not supported")
         self.registry, self.config = registry, config
@@ -196,7 +196,7 @@ class LeaseManager:
         self.holder = HolderFile(state_dir)
         self._record: Optional[HolderRecord] = None  # as found at start: who we were
         self._lock = threading.Lock()
-        self.on_reject: Optional[OnReject] = None  # the daemon counts rejected leases
+        self.on_reject = on_reject  # the daemon counts rejected leases
 
     # ------------------------------------------------------------ acquire
 
