@@ -15,7 +15,7 @@ import contextlib
 import logging
 from typing import Callable, Optional
 
-from conf.cni import Result, load_model
+from conf.cni import Result, load_model, load_result
 from conf.dispatch import Handler, Request
 from conf.errors import CniError, InvalidConfigError, NotAvailableError
 from conf.flannel import load_subnet_env
@@ -117,7 +117,7 @@ def cmd_check(req: Request) -> None:
     conf = load_conf(req)
     if conf.prev_result is None:
         raise InvalidConfigError("invalid network configuration: field 'prevResult' is required for CHECK")
-    prev = Result.load(conf.prev_result)
+    prev = load_result(conf.prev_result)
     cid, ifname = req.env.container_id, req.env.ifname
     state = load_state(conf.data_dir, conf.name, cid, ifname)
     host_name = state.host_veth if state else links.host_veth_name(cid, ifname)

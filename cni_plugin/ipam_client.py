@@ -10,7 +10,7 @@ import json
 import os
 from typing import Optional
 
-from conf.cni import Result, RuntimeEnv
+from conf.cni import Result, RuntimeEnv, load_result
 from conf.dispatch import Request
 from conf.errors import CniError, DelegateError
 from conf.plugin import IPAM_TYPE
@@ -46,7 +46,7 @@ def _in_process(env: RuntimeEnv, raw: dict) -> Optional[Result]:
         return None
     reply = handler(Request(env=env, raw=raw, stdin=dump_config(raw)))
     if isinstance(reply, dict):
-        return Result.load(reply)
+        return load_result(reply)
     return reply if isinstance(reply, Result) else None
 
 
@@ -89,7 +89,7 @@ def _exec(kind: str, env: RuntimeEnv, raw: dict) -> Optional[Result]:
     if env.command != "ADD":
         return None
     try:
-        return Result.load(json.loads(out))
+        return load_result(json.loads(out))
     except (ValueError, CniError) as e:
         raise DelegateError(f"IPAM plugin {kind} printed a result that is not valid CNI JSON",
                             str(e)[:200]) from None

@@ -1,7 +1,7 @@
 """Models of what crosses the CNI boundary: runtime env, network config, results.
 
 Results are kept internally in the newest shape (1.1.0) and rendered for the
-version the runtime asked for with `Result.render`; `Result.load` reads any
+version the runtime asked for with `Result.render`; `load_result` reads any
 supported version back (a prevResult, or the output of a delegated plugin).
 """
 from __future__ import annotations
@@ -278,28 +278,6 @@ class Result(BaseModel):
     routes: list[Route] = Field(default_factory=list)
     dns: Dns = Field(default_factory=Dns)
 
-    @classmethod
-    def load(cls, raw: dict | None) -> "Result":
-        """Read a result of any supported version (prevResult, delegate output)."""
-        if not raw:
-            return cls()
-        try:
-            data = dict(raw)
-            data.pop("cniVersion", None)
-            ips = []
-            for ip in data.get("ips") or []:
-                ip = {k: v for k, v in ip.items() if k != "version"}
-                if ip.get("interface", None) is not None and ip["interface"] < 0:
-                    ip.pop("interface")
-                ips.append(ip)
-            data["ips"] = ips
-            data["interfaces"] = data.get("interfaces") or []
-            data["routes"] = data.get("routes") or []
-            data["dns"] = data.get("dns") or {}
-            return cls.model_validate(data)
-        except (ValidationError, TypeError, AttributeError) as e:
-            raise InvalidConfigError("prevResult/result is not a valid CNI result", str(e)) from None
-
     def render(self, cni_version: str) -> dict:
         """The result JSON for `cni_version` (0.3.x/0.4.0 carry ips[].version)."""
         new = version_tuple(cni_version) >= (1, 0, 0)
@@ -349,3 +327,25 @@ class Result(BaseModel):
             out["routes"] = routes
         out["dns"] = self.dns.render()
         return out
+
+
+def load_result(raw: dict | None) -> Result:
+    """Read a result of any supported version (prevResult, delegate output)."""
+    if not raw:
+        return Result()
+    try:
+        data = dict(raw)
+        data.pop("cniVersion", None)
+        ips = []
+        for ip in data.get("ips") or []:
+            ip = {k: v for k, v in ip.items() if k != "version"}
+            if ip.get("interface", None) is not None and ip["interface"] < 0:
+                ip.pop("interface")
+            ips.append(ip)
+        data["ips"] = ips
+        data["interfaces"] = data.get("interfaces") or []
+        data["routes"] = data.get("routes") or []
+        data["dns"] = data.get("dns") or {}
+        return Result.model_validate(data)
+    except (ValidationError, TypeError, AttributeError) as e:
+        raise InvalidConfigError("prevResult/result is not a valid CNI result", str(e)) from None

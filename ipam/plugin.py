@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from conf.cni import Dns, IPConfig, NetConf, Result, Route, load_model
+from conf.cni import Dns, IPConfig, NetConf, Result, Route, load_model, load_result
 from conf.dispatch import Handler, Request
 from conf.errors import (
     CheckFailedError,
@@ -179,7 +179,7 @@ def cmd_check(req: Request) -> None:
             raise CheckFailedError(
                 f"{ip} held by container {cid} interface {ifname} is outside the current ranges "
                 + "; ".join(describe(rs) for rs in pool.range_sets))
-    prev = Result.load(net.netconf.prev_result)
+    prev = load_result(net.netconf.prev_result)
     for ipc in prev.ips:
         ip = ipc.interface_address.ip
         if pool.covers(ip) and ip not in held:

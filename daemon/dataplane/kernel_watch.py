@@ -56,7 +56,7 @@ class KernelWatch(threading.Thread):
                     log.info("kernel event queue overflowed; reconciling to be sure")
                     self.callback()
                     continue
-                self.backend.wait_while_reconciling()  # then read its echoes at once
+                self.backend.wait_while_reconciling()  # read a reconcile's echoes after it
                 reason = self.first_reason(buf)
                 if reason:
                     log.info("kernel change: %s", reason)

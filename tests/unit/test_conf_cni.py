@@ -12,6 +12,7 @@ from conf.cni import (
     decode_config,
     load_env,
     load_model,
+    load_result,
     valid_ifname,
 )
 from conf.errors import CniError
@@ -173,7 +174,7 @@ FULL_RESULT = {
 
 
 def test_render_1_1_0_keeps_every_field():
-    out = Result.load(FULL_RESULT).render("1.1.0")
+    out = load_result(FULL_RESULT).render("1.1.0")
     assert out["interfaces"][1] == FULL_RESULT["interfaces"][1]
     assert out["interfaces"][0] == {**FULL_RESULT["interfaces"][0], "sandbox": ""}
     assert out["ips"] == FULL_RESULT["ips"] and out["routes"] == FULL_RESULT["routes"]
@@ -181,7 +182,7 @@ def test_render_1_1_0_keeps_every_field():
 
 
 def test_render_1_0_0_drops_1_1_fields_and_has_no_ip_version():
-    out = Result.load(FULL_RESULT).render("1.0.0")
+    out = load_result(FULL_RESULT).render("1.0.0")
     assert out["cniVersion"] == "1.0.0"
     assert out["interfaces"][1] == {"name": "eth0", "mac": "0a:58:0a:f4:01:02", "sandbox": "/run/netns/p"}
     assert out["ips"] == FULL_RESULT["ips"]
@@ -190,7 +191,7 @@ def test_render_1_0_0_drops_1_1_fields_and_has_no_ip_version():
 
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0"])
 def test_render_0_x_carries_ip_version(version):
-    out = Result.load(FULL_RESULT).render(version)
+    out = load_result(FULL_RESULT).render(version)
     assert out["cniVersion"] == version
     assert [(ip["version"], ip["address"]) for ip in out["ips"]] == [("4", "10.244.1.2/24"), ("6", "fc00::2/64")]
     assert "mtu" not in out["interfaces"][1]
@@ -211,26 +212,26 @@ def _without_1_1_fields(result: dict) -> dict:
 @pytest.mark.parametrize("dst", SUPPORTED_VERSIONS)
 def test_conversion_between_any_two_versions(src, dst):
     """src -> dst loses exactly the fields src cannot carry, nothing else."""
-    once = Result.load(Result.load(FULL_RESULT).render(src)).render(dst)
+    once = load_result(load_result(FULL_RESULT).render(src)).render(dst)
     carried = FULL_RESULT if src == "1.1.0" else _without_1_1_fields(FULL_RESULT)
-    assert once == Result.load(carried).render(dst)
+    assert once == load_result(carried).render(dst)
     assert once["cniVersion"] == dst
 
 
 def test_load_old_result_with_negative_interface_index():
-    res = Result.load({"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.1.0.2/24",
+    res = load_result({"cniVersion": "0.3.1", "ips": [{"version": "4", "address": "10.1.0.2/24",
                                                        "interface": -1}]})
     assert res.ips[0].interface is None and "interface" not in res.render("1.0.0")["ips"][0]
 
 
 @pytest.mark.parametrize("bad", [{"ips": [{"gateway": "10.1.0.1"}]}, {"ips": "x"}, {"interfaces": [{"mac": 1}]}])
 def test_load_bad_result_is_code_7(bad):
-    assert code_of(Result.load, bad)[0] == 7
+    assert code_of(load_result, bad)[0] == 7
 
 
 def test_empty_result_renders_minimal_document():
     assert Result().render("1.0.0") == {"cniVersion": "1.0.0", "ips": [], "dns": {}}
-    assert Result.load(None) == Result()
+    assert load_result(None) == Result()
 
 
 # ---------------------------------------------------------------- found by fuzzing (tests/netns/test_hostile_input.py)

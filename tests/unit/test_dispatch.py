@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from conf.cni import SUPPORTED_VERSIONS, Result
+from conf.cni import SUPPORTED_VERSIONS, load_result
 from conf.dispatch import LATEST, Request, run
 from conf.errors import AddressExhaustedError, TryAgainError
 
@@ -95,7 +95,7 @@ def test_request_carries_env_raw_stdin_and_netns_fd():
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 def test_result_is_rendered_for_the_config_version(version):
-    result = Result.load({"ips": [{"address": "10.1.0.2/24", "gateway": "10.1.0.1"}]})
+    result = load_result({"ips": [{"address": "10.1.0.2/24", "gateway": "10.1.0.1"}]})
     status, out, _ = dispatch("ADD", config(version), reply=result)
     assert status == 0 and out == result.render(version)
     assert ("version" in out["ips"][0]) == version.startswith("0.")

@@ -178,11 +178,8 @@ def test_files_and_directories_we_create_are_not_world_writable_under_umask_000(
 
 
 def test_the_vtep_mac_file_and_state_dir_are_not_world_writable_under_umask_000(tmp_path, umask_000):
-    from daemon.dataplane.backends.vxlan import VxlanBackend
+    from daemon.dataplane.backends.vxlan import stable_mac
 
-    backend = VxlanBackend.__new__(VxlanBackend)  # only the MAC file logic: no netlink here
-    backend.state_dir = str(tmp_path / "var/lib/flanneletted/state")
-    backend.node = type("Node", (), {"public_ip": "192.0.2.7"})()
-    mac = backend._stable_mac("flannel.1")
+    mac = stable_mac(str(tmp_path / "var/lib/flanneletted/state"), "flannel.1", "192.0.2.7")
     assert (tmp_path / "var/lib/flanneletted/state/flannel.1.mac").read_text().strip() == mac
     assert world_writable(str(tmp_path)) == []

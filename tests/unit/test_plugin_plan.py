@@ -5,7 +5,7 @@ import ipaddress
 
 import pytest
 
-from conf.cni import IPConfig, Result, Route, load_model
+from conf.cni import IPConfig, Result, Route, load_model, load_result
 from conf.errors import InvalidConfigError
 from conf.flannel import parse_subnet_env
 from conf.plugin import PluginConf
@@ -110,4 +110,4 @@ def test_result_renders_for_each_version(version):
     assert ip["interface"] == 2 and ip["gateway"] == "10.244.1.1"
     assert ip.get("version") == ("4" if version < "1.0.0" else None)
     assert result["dns"] == {"nameservers": ["10.96.0.10"]}
-    assert Result.load(result).ips[0].address == "10.244.1.5/24"  # readable back as a prevResult
+    assert load_result(result).ips[0].address == "10.244.1.5/24"  # readable back as a prevResult

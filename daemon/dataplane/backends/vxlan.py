@@ -69,7 +69,7 @@ class VxlanBackend(KernelBackend):
                 raise DataplaneError(f"vxlan needs an {what} address on {node.iface}")
             self.specs.append(VtepSpec(name, family, cfg.vni, local, node.iface_index,
                                        cfg.udp_port, cfg.learning, cfg.gbp, self.mtu))
-        self.macs = {s.name: self._stable_mac(s.name) for s in self.specs}
+        self.macs = {s.name: stable_mac(state_dir, s.name, node.public_ip) for s in self.specs}
         self._own: Optional[Lease] = None
 
     # -------------------------------------------------- lease attrs and devices
@@ -112,21 +112,23 @@ class VxlanBackend(KernelBackend):
                               self.networks)
         return devs, recreated
 
-    def _stable_mac(self, dev: str) -> str:
-        """The VTEP MAC: the one stored for `dev`, else derived from our public IP."""
-        path = os.path.join(self.state_dir, f"{dev}.mac") if self.state_dir else ""
-        if path and os.path.exists(path):
-            stored = open(path, encoding="ascii").read().strip().lower()
-            if _MAC_RE.match(stored):
-                return stored
-            log.warning("%s holds %r, not a MAC; deriving a new one", path, stored)
-        raw = bytearray(hashlib.sha256(f"flannelette/{dev}/{self.node.public_ip}".encode()).digest()[:6])
-        raw[0] = (raw[0] & 0xFE) | 0x02  # unicast, locally administered
-        mac = raw.hex(":")
-        if path:
-            ensure_dir(self.state_dir)
-            write_atomic(path, (mac + "\n").encode(), 0o644)
-        return mac
+
+def stable_mac(state_dir: str, dev: str, public_ip) -> str:
+    """The VTEP MAC: the one stored for `dev` in `state_dir`, else derived from our public
+    IP (and then stored)."""
+    path = os.path.join(state_dir, f"{dev}.mac") if state_dir else ""
+    if path and os.path.exists(path):
+        stored = open(path, encoding="ascii").read().strip().lower()
+        if _MAC_RE.match(stored):
+            return stored
+        log.warning("%s holds %r, not a MAC; deriving a new one", path, stored)
+    raw = bytearray(hashlib.sha256(f"flannelette/{dev}/{public_ip}".encode()).digest()[:6])
+    raw[0] = (raw[0] & 0xFE) | 0x02  # unicast, locally administered
+    mac = raw.hex(":")
+    if path:
+        ensure_dir(state_dir)
+        write_atomic(path, (mac + "\n").encode(), 0o644)
+    return mac
 
 
 # ---------------------------------------------------------------- device helpers (daemon.links)
