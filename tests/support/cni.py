@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 from typing import NamedTuple, Optional, Sequence
 
 VENV_BIN = os.path.join(os.path.dirname(__file__), "..", "..", ".venv", "bin")
@@ -107,17 +105,3 @@ def world_writable(root: str) -> list[str]:
             if not stat.S_ISLNK(mode) and mode & stat.S_IWOTH:
                 bad.append(f"{os.path.normpath(os.path.relpath(path, root))} {stat.filemode(mode)}")
     return bad
-
-
-class TempCniPath:
-    """A temporary CNI_PATH directory (context manager), removed afterwards."""
-
-    def __init__(self, ours: Sequence[str] = ("flannelette-ipam",)):
-        self.dir = tempfile.mkdtemp(prefix="flt-cni-path-")
-        make_cni_path(self.dir, ours)
-
-    def __enter__(self) -> str:
-        return self.dir
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -52,8 +52,3 @@ def link_netns(a: NetNS, b: NetNS, a_if: str, b_if: str) -> None:
     a.run("ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name)
     a.run("ip", "link", "set", a_if, "up")
     b.run("ip", "link", "set", b_if, "up")
-
-
-def leftover_namespaces() -> list[str]:
-    out = sh("ip", "netns", "list", check=False).stdout.decode()
-    return [line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)]
