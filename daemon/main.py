@@ -81,13 +81,7 @@ class Daemon:
             node = self.select_node()
             self.backend = self.make_backend(node)
             attrs = self._dataplane("prepare the data plane", self.backend.prepare)
-            self.leases = LeaseManager(
-                self.registry, self.config, self.settings.lease_ttl,
-                self.settings.renew_margin_seconds, state_dir=self.settings.state_dir,
-                on_reject=lambda reason: self.metrics.inc("leases_rejected_total", reason=reason))
-            self.keeper = LeaseKeeper(self.leases, self.metrics, self.settings.lease_ttl,
-                                      self.stopping, on_held=self._lease_changed,
-                                      on_lost=self.move_subnet)
+            self.make_lease_manager()
             previous = self._old_subnet_env()
             own = self.acquire_lease(attrs, previous)
             self._lease_changed(own)
@@ -167,6 +161,16 @@ class Daemon:
         except DataplaneError as e:
             raise FatalError(str(e)) from None
 
+    def make_lease_manager(self) -> None:
+        """The LeaseManager (how to hold a lease) and the LeaseKeeper (when)."""
+        s = self.settings
+        self.leases = LeaseManager(
+            self.registry, self.config, s.lease_ttl, s.renew_margin_seconds,
+            state_dir=s.state_dir,
+            on_reject=lambda reason: self.metrics.inc("leases_rejected_total", reason=reason))
+        self.keeper = LeaseKeeper(self.leases, self.metrics, s.lease_ttl, self.stopping,
+                                  on_held=self._lease_changed, on_lost=self.move_subnet)
+
     def acquire_lease(self, attrs, previous: Optional[SubnetEnv]) -> Lease:
         """The lease; while another daemon with our public IP holds ours, wait unready
         (an ERROR line, the metric duplicate_public_ip = 1) instead of fighting over it."""
@@ -183,35 +187,6 @@ class Daemon:
                 continue
             self.metrics.set("duplicate_public_ip", 0)
             return own
-
-    def check_previous_subnet(self, previous: Optional[SubnetEnv], own: Lease) -> None:
-        """At start: subnet.env named another subnet (ours expired while we were down and
-        another node took it, or the config changed): say so and move cni0's gateway."""
-        from daemon.dataplane.subnet_move import why_not_previous
-        old = previous.subnet.network if previous is not None and previous.subnet else None
-        if old is not None and old != own.subnet:
-            self.follow_new_subnet(old, own, why_not_previous(self.leases.listing, old))
-
-    def follow_new_subnet(self, old, own: Lease, why: str) -> None:
-        """The one WARNING line, the metric, and cni0's gateway moved to the new subnet."""
-        from daemon.dataplane.subnet_move import follow_new_subnet
-        self.metrics.inc("subnet_moves_total")
-        self._dataplane(f"move the gateway of {self.settings.cni_bridge}",
-                        lambda: follow_new_subnet(self.config, self.settings.cni_bridge, old,
-                                                  own, why))
-
-    def move_subnet(self, lost: LeaseLostError) -> Lease:
-        """Running, our subnet went to another node: take a new one and follow it."""
-        old = self.leases.own
-        own = self._retrying("acquire a new lease", self.leases.reacquire)
-        self._dataplane("configure the data plane", lambda: self.backend.configure(own))
-        self.follow_new_subnet(old.subnet, own, str(lost))
-        if self.reconciler is not None and self.reconciler.masquerade is not None:
-            self.reconciler.masquerade = None  # its tick must not restore the old subnet's rules
-            self.reconciler.masquerade = self._dataplane("install masquerade rules",
-                                                         lambda: self.setup_masquerade(own))
-        self.write_subnet_env(own)
-        return own
 
     def _old_subnet_env(self) -> Optional[SubnetEnv]:
         try:
@@ -296,6 +271,37 @@ class Daemon:
                             self._expiry, self.ready.is_set(),
                             bool(watcher and watcher.connected), watcher.revision if watcher else 0,
                             self.mesh.reachable if self.mesh else None)
+
+    # ------------------------------------------------------------ when our lease changes or moves
+
+    def check_previous_subnet(self, previous: Optional[SubnetEnv], own: Lease) -> None:
+        """At start: subnet.env named another subnet (ours expired while we were down and
+        another node took it, or the config changed): say so and move cni0's gateway."""
+        from daemon.dataplane.subnet_move import why_not_previous
+        old = previous.subnet.network if previous is not None and previous.subnet else None
+        if old is not None and old != own.subnet:
+            self.follow_new_subnet(old, own, why_not_previous(self.leases.listing, old))
+
+    def follow_new_subnet(self, old, own: Lease, why: str) -> None:
+        """The one WARNING line, the metric, and cni0's gateway moved to the new subnet."""
+        from daemon.dataplane.subnet_move import follow_new_subnet
+        self.metrics.inc("subnet_moves_total")
+        self._dataplane(f"move the gateway of {self.settings.cni_bridge}",
+                        lambda: follow_new_subnet(self.config, self.settings.cni_bridge, old,
+                                                  own, why))
+
+    def move_subnet(self, lost: LeaseLostError) -> Lease:
+        """Running, our subnet went to another node: take a new one and follow it."""
+        old = self.leases.own
+        own = self._retrying("acquire a new lease", self.leases.reacquire)
+        self._dataplane("configure the data plane", lambda: self.backend.configure(own))
+        self.follow_new_subnet(old.subnet, own, str(lost))
+        if self.reconciler is not None and self.reconciler.masquerade is not None:
+            self.reconciler.masquerade = None  # its tick must not restore the old subnet's rules
+            self.reconciler.masquerade = self._dataplane("install masquerade rules",
+                                                         lambda: self.setup_masquerade(own))
+        self.write_subnet_env(own)
+        return own
 
     def _lease_changed(self, own: Lease) -> None:
         self.metrics.set("lease_expiration_timestamp_seconds", own.expiration)
