@@ -2,7 +2,7 @@
 
 Every CNI call pays for interpreter start-up plus its imports, so this module imports only
 C-level stdlib modules (sys, posix, _socket, _json): `json`, `socket` or `os` would add
-10-20 ms per call, pyroute2 and pydantic 150-250 ms (measured: README, Performance).
+10-20 ms per call, pyroute2 and pydantic 150-250 ms (docs/performance.md#the-lean-shim).
 It forwards the request (CNI_* env, stdin, an open fd of CNI_NETNS over SCM_RIGHTS) to the
 daemon socket named by the config's `daemonSocket` and prints the reply. When the daemon
 cannot be reached, or the config is too broken to tell where it is, the same handlers run

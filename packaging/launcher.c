@@ -5,7 +5,7 @@
  * Why not PyInstaller's bootloader, as for flannelette-full and flanneletted: on Linux a
  * onedir bootloader re-execs itself, then loads encodings from base_library.zip through
  * zipimport and runs its own bootstrap modules. For a process that lives ~10 ms per CNI
- * call that doubled the start-up (python-cni-performance.md section 2). This launcher
+ * call that doubled the start-up (docs/performance.md#the-c-launcher). This launcher
  * finds libpython through its RUNPATH ($ORIGIN/_internal), imports from two directories
  * only, and runs `flannelette_shim.main()`:
  *   <onedir>/_internal/lean         the encodings package and flannelette_shim, as .pyc (build.py)

@@ -5,7 +5,7 @@ stdin bytes and an open fd of the pod netns; a worker thread runs them through
 conf.dispatch.run with the same handlers the in-process path uses, and replies with the
 exit status and stdout. Threads, not asyncio: the handlers block on netlink and do
 per-thread setns, and an accept thread plus a pool costs nothing measurable
-(python-cni-performance.md section 2).
+(docs/performance.md#worker-threads-not-asyncio).
 
 Safety: the socket's directory is 0700 and ours, the socket 0600; the peer must also be
 uid 0 (SO_PEERCRED; or the daemon's own uid, which can do no more than the daemon), otherwise

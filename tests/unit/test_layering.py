@@ -1,4 +1,4 @@
-"""The dependency direction of ARCHITECTURE.md, checked statically over the sources.
+"""The layering rules of docs/architecture.md#layering-rules, checked statically over the sources.
 
 conf <- ipam <- cni_plugin, conf <- daemon: conf imports nothing of ours, and neither
 cni_plugin nor ipam imports an etcd/grpc client or anything of the daemon. The daemon takes
