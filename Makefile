@@ -1,6 +1,6 @@
 # flannelette: `make demo` runs a 3-node cluster in network namespaces, `make test` runs every test tier:
 # tests/unit as the unprivileged user nobody first (tests/unprivileged.sh), then the root tiers.
-.PHONY: setup test unit demo demo-down bench build install clean
+.PHONY: setup test unit demo demo-down bench bench-quick build install clean
 
 setup:
 	bash packaging/dev-setup.sh
@@ -20,6 +20,9 @@ demo-down:
 
 bench: setup
 	.venv/bin/python -m tests.bench
+
+bench-quick: setup
+	.venv/bin/python -m tests.bench --quick
 
 build: setup
 	.venv/bin/python packaging/build.py

@@ -20,6 +20,7 @@ from conf.dispatch import Handler, Request
 from conf.errors import CniError, InvalidConfigError, NotAvailableError
 from conf.flannel import load_subnet_env
 from conf.plugin import IPAM_TYPE, IpamConf, PluginConf, requested_mac
+from conf.steps import mark
 
 from cni_plugin import links
 from cni_plugin.check import verify_attachment
@@ -54,32 +55,43 @@ def cmd_add(req: Request) -> Result:
     ipam_raw = ipam_config(req.raw, conf.ipam, conf.subnet_file)
     if ipam_raw["ipam"].get("type") == IPAM_TYPE:  # refuse a bad IPAM config before cni0 is touched
         load_model(IpamConf, ipam_raw["ipam"], where="ipam")
+    mark("load config and subnet.env")
     ipr = host_netlink()
     with pod_netns_fd(netns, req.netns_fd) as pod_fd, \
             contextlib.closing(netlink_in(pod_fd)) as pod, contextlib.ExitStack() as undo:
+        mark("open pod netns")
         links.check_pod_ifname_free(ipr, pod, ifname, host_name, netns)
+        mark("check pod ifname")
         bridge = links.ensure_bridge(ipr, conf.bridge, mtu, bridge_gateways(subnet_env))
+        mark("ensure bridge")
         # Written ahead of the veth and the address, completed with the result at the end:
         # whatever moment a kill stops this ADD at, GC finds what it made.
         state = AttachmentState(container_id=cid, ifname=ifname, netns=netns, host_veth=host_name,
                                 bridge=conf.bridge, ipam=ipam_raw["ipam"], config=req.raw)
         save_state(conf.data_dir, conf.name, state)
+        mark("save state (intent)")
         undo.callback(_best_effort, "forget the attachment", remove_state, conf.data_dir, conf.name, cid, ifname)
         host, pod_mac = links.setup_veth(ipr, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode,
                                          pod_mac)
+        mark("setup veth")
         undo.callback(_best_effort, f"delete {host_name}", links.delete_link, ipr, host_name)
         ipam_result = call_ipam(req.env, "ADD", ipam_raw) or Result()
+        mark("ipam add")
         undo.callback(_best_effort, "ipam DEL", call_ipam, req.env, "DEL", ipam_raw)
         if not ipam_result.ips:
             raise InvalidConfigError(f"IPAM {ipam_raw['ipam'].get('type')} returned no IP address")
         plan = plan_pod(conf, subnet_env, ipam_result)
         _index, kept = links.configure_pod_iface(pod, ifname, plan.addresses, plan.routes)
+        mark("configure pod iface")
         plan.routes = _without_kept_routes(plan.routes, kept, ifname, netns)
         result = build_result(conf, plan, ipam_result, bridge_mac=bridge.mac, host_veth=host_name,
                               host_mac=host.mac, ifname=ifname, pod_mac=pod_mac, netns=netns, mtu=mtu)
         state.result = result.model_dump(by_alias=True)
+        mark("build result")
         save_state(conf.data_dir, conf.name, state)
+        mark("save state (result)")
         undo.pop_all()
+    mark("close pod netns")
     return result
 
 
@@ -108,9 +120,13 @@ def cmd_del(req: Request) -> None:
     cid, ifname = req.env.container_id, req.env.ifname
     state = load_state(conf.data_dir, conf.name, cid, ifname)
     host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
+    mark("load config and state")
     links.remove_link(host_netlink(), host_name)
+    mark("remove veth")
     call_ipam(req.env, "DEL", _saved_or_requested_ipam(req, conf, state))
+    mark("ipam del")
     remove_state(conf.data_dir, conf.name, cid, ifname)
+    mark("remove state")
 
 
 def cmd_check(req: Request) -> None:
@@ -121,9 +137,13 @@ def cmd_check(req: Request) -> None:
     cid, ifname = req.env.container_id, req.env.ifname
     state = load_state(conf.data_dir, conf.name, cid, ifname)
     host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
+    mark("load config and state")
     with pod_netns_fd(req.env.netns, req.netns_fd) as pod_fd, contextlib.closing(netlink_in(pod_fd)) as pod:
+        mark("open pod netns")
         verify_attachment(host_netlink(), pod, prev, bridge=conf.bridge, host_name=host_name, ifname=ifname)
+        mark("verify links and addresses")
     call_ipam(req.env, "CHECK", _saved_or_requested_ipam(req, conf, state))
+    mark("ipam check")
 
 
 def cmd_status(req: Request) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Union
 from conf.cni import (SUPPORTED_VERSIONS, Result, RuntimeEnv, check_stdin_size, decode_config, load_env,
                       version_tuple)
 from conf.errors import CniError, IncompatibleVersionError, InternalError
+from conf.steps import mark
 
 LATEST = SUPPORTED_VERSIONS[-1]
 log = logging.getLogger("flannelette")
@@ -71,6 +72,7 @@ def run(handlers: dict[str, Handler], environ: dict[str, str], stdin: bytes,
         handler = handlers.get(env.command)
         if handler is None:  # a verb we have nothing to do for (spec: success)
             return 0, b""
+        mark("decode request")
         reply = handler(Request(env=env, raw=raw, stdin=stdin, netns_fd=netns_fd))
     except CniError as e:
         log.info("CNI error %d: %s", e.code, e.msg)

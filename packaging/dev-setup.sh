@@ -70,4 +70,4 @@ if [ -n "$missing" ]; then
 fi
 py=${py:-/usr/bin/python3}
 [ -x .venv/bin/python ] || "$py" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -c packaging/constraints.txt -e '.[test,build]'
+.venv/bin/pip install -q --disable-pip-version-check -c packaging/constraints.txt -e '.[test,build,bench]'

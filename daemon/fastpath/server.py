@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Optional
 
 from cni_plugin.shim import MAGIC, OP_CNI, OP_STATUS, REFUSED
-from conf import dispatch
+from conf import dispatch, steps
 from conf.cni import MAX_STDIN
 from conf.flannel import ensure_dir
 
@@ -177,8 +177,10 @@ class CniServer:
     """Serves the fast-path socket. start() returns once the socket accepts connections."""
 
     def __init__(self, socket_path: str, handlers: dict, status_provider: Optional[StatusProvider] = None,
-                 workers: int = 8):
+                 workers: int = 8, step_times: bool = False):
         self.socket_path = socket_path
+        # With step_times, each CNI request's named steps (conf/steps.py), kept for the benchmark.
+        self.step_records: Optional[list[dict]] = [] if step_times else None
         self.handlers = handlers
         self.status_provider = status_provider
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni-worker")
@@ -258,12 +260,15 @@ class CniServer:
                 log.exception("accept failed")
                 continue
             try:
-                self._pool.submit(self._serve, conn)
+                self._pool.submit(self._serve, conn, time.perf_counter())
             except RuntimeError:  # pool shut down under us
                 conn.close()
                 return
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, accepted: float) -> None:
+        if self.step_records is not None:
+            steps.start(accepted)
+            steps.mark("wait for a worker")
         with conn:
             try:
                 uid = peer_uid(conn)
@@ -276,13 +281,19 @@ class CniServer:
                 fd = netns_fd_or_none(fd)
             except (OSError, ProtocolError, struct.error) as e:
                 log.warning("dropping a CNI connection: %s", e)
+                steps.stop()
                 return
+            steps.mark("read request")
             try:
                 reply = self._handle(op, env, stdin, fd)
             finally:
                 if fd is not None:
                     os.close(fd)
             self._send(conn, reply)
+            steps.mark("send reply")
+        if self.step_records is not None:
+            self.step_records.append({"command": env.get("CNI_COMMAND", ""), "container_id": env.get(
+                "CNI_CONTAINERID", ""), "status": reply[0], "steps": steps.stop()})
 
     def _handle(self, op: bytes, env: dict[str, str], stdin: bytes, fd: Optional[int]) -> bytes:
         if op == OP_STATUS:
@@ -291,7 +302,9 @@ class CniServer:
             return encode_reply(1, _error_json(4, f"unknown fast-path operation {op!r}"))
         started, cpu_started = time.perf_counter(), time.thread_time()
         with self._containers.hold(env.get("CNI_CONTAINERID", "")):
+            steps.mark("wait for the container's lock")
             status, out = dispatch.run(self.handlers, env, stdin, fd)
+            steps.mark("render reply")
         log.debug("served %s for container %r: exit %d in %.1f ms (%.1f ms CPU)", env.get("CNI_COMMAND"),
                   env.get("CNI_CONTAINERID"), status, (time.perf_counter() - started) * 1000,
                   (time.thread_time() - cpu_started) * 1000)
@@ -332,6 +345,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--socket", required=True, help="unix socket path to serve")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--step-times", metavar="PATH",
+                        help="time each request's named steps; written to PATH as JSON when the server stops")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("flannelette").setLevel(args.log_level.upper())  # not pyroute2's debug flood
@@ -340,12 +355,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = CniServer(args.socket, HANDLERS, workers=args.workers)
+    server = CniServer(args.socket, HANDLERS, workers=args.workers, step_times=bool(args.step_times))
     server.start()
     try:
         stop.wait()
     finally:
         server.stop()
+        if args.step_times:
+            with open(args.step_times, "w") as f:
+                json.dump(server.step_records, f)
     return 0
 
 

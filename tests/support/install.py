@@ -61,12 +61,14 @@ class FastPathServer:
     """`python -m daemon.fastpath.server --socket PATH` inside netns `netns_name` (None: here)."""
 
     def __init__(self, socket_path: str, netns_name: Optional[str] = None, workers: int = 8,
-                 log_path: Optional[str] = None, log_level: str = "DEBUG"):
+                 log_path: Optional[str] = None, log_level: str = "DEBUG", step_times: Optional[str] = None):
         self.socket_path = socket_path
         self.log_path = log_path or socket_path + ".log"
         prefix = ["ip", "netns", "exec", netns_name] if netns_name else []
         cmd = [*prefix, VENV_PYTHON, "-m", "daemon.fastpath.server", "--socket", socket_path,
                "--workers", str(workers), "--log-level", log_level]
+        if step_times:  # each request's step durations, written there when the server stops
+            cmd += ["--step-times", step_times]
         os.makedirs(os.path.dirname(socket_path), exist_ok=True)
         self._cmd = cmd
         self._log = open(self.log_path, "ab")
