@@ -11,8 +11,12 @@ Crash safety: a reservation is written under a temporary name, then link()ed to
 `<ip>`; link fails when the name exists, so the claim is exclusive, and the name
 never exists with partial content. A kill leaves at most a `.<ip>.*` temporary
 file, which never blocks an address and which the next operation (ADD, DEL, GC) removes.
-Sync: one fdatasync per reservation (~4 ms on ext4, after the lock is dropped) before
-ADD returns; no directory fsync: a link lost to a power cut only frees the address.
+No fsync, as host-local: a reservation has to outlive the process that made it, not the
+kernel. A crash or power cut that could lose an unsynced file ends the boot, and with it
+every pod; the first operation of the next boot releases every reservation of the earlier
+one (`_reclaim_earlier_boot`), so a lost file frees nothing that was still in use, and a
+file left empty by one holds nobody (below). A flush per ADD cost 3-13 ms on ext4
+(docs/benchmarks.md).
 The round-robin hint is rewritten in place (a rename over it makes ext4 flush).
 
 Files we did not write cleanly (host-local killed between create and write, or a
@@ -53,14 +57,12 @@ class DiskStore:
 
     def __init__(self, data_dir: str, network: str):
         self.dir = os.path.join(data_dir, network)
-        self._unsynced: list[int] = []  # fds of reservations made under the current lock
 
     # ---------------------------------------------------------------- locking
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """The flock for one operation; new reservations are synced after it is dropped,
-        so concurrent ADDs wait for the choice of an address, not for each other's flush."""
+        """The flock for one operation."""
         try:
             ensure_dir(self.dir)  # 0755 and its parents too, whatever the umask
             fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -74,15 +76,6 @@ class DiskStore:
             raise IOFailureError(f"IPAM store {self.dir}: {e.strerror or e}") from None
         finally:
             os.close(fd)  # closing drops the flock
-            unsynced, self._unsynced = self._unsynced, []
-        try:
-            for new in unsynced:
-                os.fdatasync(new)
-        except OSError as e:
-            raise IOFailureError(f"IPAM store {self.dir}: {e.strerror or e}") from None
-        finally:
-            for f in unsynced:
-                os.close(f)
 
     def _reclaim_earlier_boot(self) -> None:
         """Release every reservation of an earlier boot (no pod survives a reboot), one
@@ -243,20 +236,18 @@ class DiskStore:
             return True
 
     def _link_new(self, path: str, content: bytes) -> bool:
-        """Write `content` to a temporary file (mkstemp: mode 0600), link it to `path`;
-        its fd is kept for the fdatasync once the lock is dropped (see `locked`)."""
+        """Write `content` to a temporary file (mkstemp: mode 0600), link it to `path`."""
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix="." + os.path.basename(path) + ".")
         try:
             os.write(fd, content)
             os.link(tmp, path)
-        except BaseException as e:
-            os.close(fd)
-            if isinstance(e, OSError) and e.errno == errno.EEXIST:
+        except OSError as e:
+            if e.errno == errno.EEXIST:
                 return False
             raise
         finally:
+            os.close(fd)
             os.unlink(tmp)
-        self._unsynced.append(fd)
         return True
 
     def _create_whole(self, path: str, content: bytes) -> None:
