@@ -1,6 +1,7 @@
 """The CNI fast path, daemon side: runs CNI requests from the lean shim warm.
 
-The shim (cni_plugin/shim.py, which documents the wire format) passes the CNI_* env, the
+The shim (cni_plugin/shim.py, which documents the wire format; in the frozen build the launcher,
+packaging/launcher.c, for plain requests) passes the CNI_* env, the
 stdin bytes and an open fd of the pod netns; a worker thread runs them through
 conf.dispatch.run with the same handlers the in-process path uses, and replies with the
 exit status and stdout. Threads, not asyncio: the handlers block on netlink and do

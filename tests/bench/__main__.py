@@ -137,7 +137,7 @@ def run_one(name: str, quick: bool, command: str) -> bool:
     meta["seconds"] = round(time.monotonic() - began, 1)
     os.makedirs(PLOTS, exist_ok=True)
     with open(results_path(name), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+        json.dump({"meta": meta, "results": results}, f)
         f.write("\n")
     print(f"## {name}: done in {meta['seconds']:.0f} s", flush=True)
     return True

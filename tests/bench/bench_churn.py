@@ -62,6 +62,34 @@ def _leftovers(cand: Candidate) -> dict:
             "veths": len(veths)}
 
 
+def _steps_in_order(records: list[dict]) -> dict[str, list[dict[str, float]]]:
+    """verb -> one {step: ms} per successful request, in the order the server finished them."""
+    out: dict[str, list[dict[str, float]]] = {}
+    for rec in records:
+        if rec["status"] == 0 and rec["container_id"].startswith("churn-"):
+            steps: dict[str, float] = {}
+            for step, seconds in rec["steps"]:
+                steps[step] = steps.get(step, 0.0) + seconds * 1000
+            out.setdefault(rec["command"], []).append(steps)
+    return out
+
+
+def _growth(requests: list[dict[str, float]], first: int = 50) -> list[str]:
+    """Per step, the p50 over the first and the last `first` requests: what grows with the pods."""
+    early, late = requests[:first], requests[-first:]
+
+    def median(rows: list[dict[str, float]], step: str) -> float:
+        values = sorted(r.get(step, 0.0) for r in rows)
+        return values[len(values) // 2] if values else 0.0
+    lines = []
+    for step in requests[0]:
+        a, b = median(early, step), median(late, step)
+        lines.append(f"| {step} | {a:.2f} | {b:.2f} |")
+    total = lambda rows: sorted(sum(r.values()) for r in rows)[len(rows) // 2]  # noqa: E731
+    lines.append(f"| all steps | {total(early):.2f} | {total(late):.2f} |")
+    return lines
+
+
 def measure(quick: bool) -> dict:
     if os.geteuid() != 0:
         raise RuntimeError("the churn benchmark needs root (network namespaces)")
@@ -70,13 +98,15 @@ def measure(quick: bool) -> dict:
     results: dict = {"pods": PODS, "parallel": PARALLEL, "candidates": {}}
     try:
         for name in CANDIDATES:
-            cand = Candidate(name, os.path.join(root, name))
+            cand = Candidate(name, os.path.join(root, name), step_times=name == "fastpath")
             try:
                 res = cand.run_worker("tests.bench.bench_churn", {"pods": [p.path for p in pods],
                                                                   "parallel": PARALLEL})
                 res["left"] = _leftovers(cand)
             finally:
                 cand.close()
+            if name == "fastpath":
+                res["steps"] = _steps_in_order(cand.step_records())
             print(f"# churn {name}: ADD {res['ADD']:.1f} s, DEL {res['DEL']:.1f} s", flush=True)
             results["candidates"][name] = res
     finally:
@@ -107,6 +137,13 @@ def report(results: dict, plots_dir: str) -> str:
                 for r in cands.values())
     lines.append("Store empty at the end for every candidate: " + ("yes" if clean else "NO: " + "; ".join(
         f"{n}: {r['left']}" for n, r in cands.items())))
+    for verb, requests in cands.get("fastpath", {}).get("steps", {}).items():
+        if len(requests) < 100:
+            continue
+        lines += ["", f"Fast-path server steps of {verb} (ms, p50), the first 50 requests against the last 50 "
+                      "(ADD fills the node, DEL empties it): what grows with the number of pods.", "",
+                  f"| {verb} step | first 50 | last 50 |", "| --- | ---: | ---: |"]
+        lines += _growth(requests)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     names = list(cands)

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from cni_plugin import shim
-from daemon.cni_server import CLONE_NEWNET, NS_GET_NSTYPE, read_request
+from daemon.fastpath.server import CLONE_NEWNET, NS_GET_NSTYPE, read_request
 from tests.support.install import installed_bin_dir
 
 pytestmark = pytest.mark.timeout(600)  # the first call may build the frozen executables
