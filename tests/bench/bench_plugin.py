@@ -298,11 +298,13 @@ def _plot(results: dict, plots_dir: str) -> str:
                 ecdf(ax, [v * 1000 for v in res[verb + suffix]], name)
             ax.set_xscale("log")
             ax.set_title(f"{verb} " + (f"{results['parallel']} at once" if suffix else "sequential"))
-            ax.set_xlabel("ms per call (spawn to exit)")
+            if row:
+                ax.set_xlabel("ms per call (spawn to exit)")
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("share of calls")
     axes[1][0].set_ylabel("share of calls")
     axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
     return save(fig, plots_dir, "plugin-latency.png")
 
 
