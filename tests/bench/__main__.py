@@ -222,4 +222,6 @@ def main(argv: list[str]) -> int:
     return 0 if ok else 1
 
 
-sys.exit(main(sys.argv[1:]))
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
