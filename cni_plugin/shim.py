@@ -10,7 +10,7 @@ in-process (slow but identical). `flannelette status` shows the node's leases;
 `flannelette doctor` is handed to the daemon's executable (daemon/doctor/).
 In the frozen build packaging/launcher.c runs this module as `flannelette_shim`, but only
 after it found that a request is not a plain one it forwards itself in C (the same bytes,
-the same answers: tests/unit/test_launcher_fast_path.py); a change here goes there too.
+the same answers: tests/packaging/test_launcher_fast_path.py); a change here goes there too.
 
 Wire format (daemon/fastpath/server.py is the other end):
   request = b"FLT1" + op(1) + len(env)(4, big-endian) + len(stdin)(4) + env + stdin

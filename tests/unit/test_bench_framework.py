@@ -26,6 +26,11 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "flt_fake_bench", fake)
     monkeypatch.setattr(bench, "BENCHMARKS", {"fake": ("flt_fake_bench", "a fake"),
                                               "gone": ("tests.bench.bench_flt_missing", "not in this checkout")})
+    # The unit tier runs no foreign programs: the machine's description is stubbed.
+    monkeypatch.setattr(bench, "machine", lambda: {"cpus": 2, "cpu_model": "test", "memory_gib": 1.0,
+                                                   "kernel": "k", "python": "3", "go_plugins": "-",
+                                                   "etcd": "-", "iperf3": "-"})
+    monkeypatch.setattr(bench, "git_commit", lambda: "abc1234")
     monkeypatch.setattr(bench, "DOC", str(tmp_path / "benchmarks.md"))
     monkeypatch.setattr(bench, "PLOTS", str(tmp_path / "benchmarks"))
     return fake, tmp_path
@@ -38,7 +43,7 @@ def test_a_run_saves_results_with_the_machine_and_reports_missing_modules(sandbo
     saved = json.loads((tmp / "benchmarks" / "results-fake.json").read_text())
     assert saved["results"] == {"quick": True, "value": 42}
     assert saved["meta"]["mode"] == "quick" and saved["meta"]["command"] == "python -m tests.bench --quick"
-    assert saved["meta"]["machine"]["cpus"] and len(saved["meta"]["load_start"]) == 3
+    assert saved["meta"]["commit"] == "abc1234" and len(saved["meta"]["load_start"]) == 3
     page = (tmp / "benchmarks.md").read_text()
     assert "## Fake\n\nvalue 42, quick True" in page
     assert "## gone\n\nnot run: this checkout has no tests/bench/bench_flt_missing.py" in page
