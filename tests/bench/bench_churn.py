@@ -69,7 +69,7 @@ def _steps_in_order(records: list[dict]) -> dict[str, list[dict[str, float]]]:
         if rec["status"] == 0 and rec["container_id"].startswith("churn-"):
             steps: dict[str, float] = {}
             for step, seconds in rec["steps"]:
-                steps[step] = steps.get(step, 0.0) + seconds * 1000
+                steps[step] = round(steps.get(step, 0.0) + seconds * 1000, 3)
             out.setdefault(rec["command"], []).append(steps)
     return out
 

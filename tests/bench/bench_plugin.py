@@ -185,7 +185,7 @@ def _steps_by_verb(records: list[dict], tag: str) -> dict[str, dict[str, list[fl
         steps = out.setdefault(rec["command"], {})
         total = 0.0
         for name, seconds in rec["steps"]:
-            steps.setdefault(name, []).append(seconds * 1000)
+            steps.setdefault(name, []).append(round(seconds * 1000, 3))
             total += seconds
         steps.setdefault("total in the daemon", []).append(total * 1000)
     return out
