@@ -15,7 +15,9 @@ One raw ICMP socket (the daemon is root), one thread.
 """
 from __future__ import annotations
 
+import heapq
 import logging
+import operator
 import os
 import select
 import socket
@@ -35,7 +37,7 @@ _ECHO = struct.Struct("!BBHHH")  # type, code, checksum, id, seq
 ECHO_REQUEST, ECHO_REPLY = 8, 0
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerHealth:
     target: str
     reachable: Optional[bool] = None  # None: not probed yet
@@ -66,12 +68,23 @@ def echo_request(ident: int, seq: int, payload: bytes = b"flannelette-mesh") -> 
 
 class Schedule:
     """Which peers to probe now: oldest first, at most `rate` a second, none twice within
-    `interval`. Pure (the clock is passed in), so tests run it without sockets."""
+    `interval`. Pure (the clock is passed in), so tests run it without sockets.
+
+    Called 20 times a second: the peers wait in a heap of (last probe, key), rebuilt only
+    when the set of peers changed (or after reset()), so a call costs the few peers it
+    returns, not a sort of the whole cluster. The caller sets last_probe = now on the
+    peers returned; an entry that disagrees with its peer is corrected when it surfaces."""
 
     def __init__(self, rate: float, interval: float):
         self.rate, self.interval = rate, interval
         self._credit = 0.0
         self._last = None
+        self._heap: list[tuple[float, str]] = []
+        self._keys: Optional[set[str]] = None
+
+    def reset(self) -> None:
+        """Peers were replaced: rebuild the heap at the next call."""
+        self._keys = None
 
     def due(self, peers: dict[str, PeerHealth], now: float) -> list[str]:
         if self._last is not None:
@@ -79,10 +92,25 @@ class Schedule:
         else:
             self._credit = 1.0
         self._last = now
-        ready = sorted((p.last_probe, key) for key, p in peers.items() if now - p.last_probe >= self.interval)
-        count = min(int(self._credit), len(ready))
-        self._credit -= count
-        return [key for _, key in ready[:count]]
+        if self._keys is None or peers.keys() != self._keys:
+            self._heap = [(p.last_probe, key) for key, p in peers.items()]
+            heapq.heapify(self._heap)
+            self._keys = set(peers)
+        heap, out = self._heap, []
+        while heap and len(out) < int(self._credit):
+            last, key = heap[0]
+            peer = peers.get(key)
+            if peer is None:
+                heapq.heappop(heap)
+            elif peer.last_probe != last:
+                heapq.heapreplace(heap, (peer.last_probe, key))
+            elif now - last < self.interval:
+                break
+            else:
+                out.append(key)
+                heapq.heapreplace(heap, (now, key))  # the caller probes it now
+        self._credit -= len(out)
+        return out
 
 
 class HealthMesh:
@@ -98,6 +126,10 @@ class HealthMesh:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._sock: Optional[socket.socket] = None
+        self._synced: tuple[Optional[Lease], list[Lease]] = (None, [])  # what _sync_peers saw
+        self._spelled: dict[int, tuple[Lease, str, str]] = {}  # id -> (lease, subnet, target)
+        self._probed = self._unreachable = 0  # peers answered or not, kept as states change
+        self._changed: set[str] = set()  # subnets whose state changed since the last export
 
     def start(self) -> None:
         try:
@@ -146,17 +178,37 @@ class HealthMesh:
         self._export()
 
     def _sync_peers(self) -> None:
-        own = self._own()
-        wanted = {str(lease.subnet): probe_target(lease) for lease in self._peers_of()
-                  if own is None or lease.subnet != own.subnet}
+        own, leases = self._own(), self._peers_of()
+        last_own, last = self._synced
+        if own is last_own and len(leases) == len(last) and all(map(operator.is_, leases, last)):
+            return  # the same lease objects as last round (the watcher replaces a changed one)
+        self._synced = (own, leases)
+        spelled, fresh = self._spelled, {}
+        for lease in leases:  # each lease spelled out once: str() of 5000 subnets is slow
+            entry = spelled.get(id(lease))
+            if entry is None or entry[0] is not lease:
+                entry = (lease, str(lease.subnet), probe_target(lease))
+            fresh[id(lease)] = entry
+        self._spelled = fresh
+        own_subnet = str(own.subnet) if own is not None else None
+        wanted = {subnet: target for _, subnet, target in fresh.values() if subnet != own_subnet}
         with self._lock:
             for subnet in set(self.health) - set(wanted):
-                del self.health[subnet]
+                self._count(self.health.pop(subnet).reachable, -1)
+                self._changed.discard(subnet)
                 self.metrics.set("peer_unreachable", 0, peer=subnet)
             for subnet, target in wanted.items():
                 peer = self.health.get(subnet)
                 if peer is None or peer.target != target:
+                    if peer is not None:
+                        self._count(peer.reachable, -1)
+                        self._changed.add(subnet)
                     self.health[subnet] = PeerHealth(target)
+                    self.schedule.reset()
+
+    def _count(self, state: Optional[bool], sign: int) -> None:
+        self._probed += sign * (state is not None)
+        self._unreachable += sign * (state is False)
 
     def _send(self, subnet: str, now: float) -> None:
         peer = self.health[subnet]
@@ -199,13 +251,21 @@ class HealthMesh:
         if peer.reachable is not None and peer.reachable != ok:
             log.warning("peer %s subnet=%s target=%s", "reachable again" if ok else "unreachable",
                         subnet, peer.target)
+        if peer.reachable is not ok:
+            self._count(peer.reachable, -1)
+            self._count(ok, 1)
+            self._changed.add(subnet)
         peer.reachable = ok
 
     def _export(self) -> None:
+        """The gauges; peer_unreachable of the peers whose state changed since the last
+        export (a series exists only for a peer that was unreachable once)."""
         with self._lock:
-            states = {s: p.reachable for s, p in self.health.items()}
-        self.metrics.set("peers_probed", sum(v is not None for v in states.values()))
-        self.metrics.set("peers_unreachable", sum(v is False for v in states.values()))
+            changed, self._changed = self._changed, set()
+            states = {s: self.health[s].reachable for s in changed if s in self.health}
+            probed, unreachable = self._probed, self._unreachable
+        self.metrics.set("peers_probed", probed)
+        self.metrics.set("peers_unreachable", unreachable)
         for subnet, ok in states.items():
             if ok is False or self.metrics.get("peer_unreachable", peer=subnet):
                 self.metrics.set("peer_unreachable", 1 if ok is False else 0, peer=subnet)

@@ -4,7 +4,8 @@ the data plane's error.
 A backend turns the set of leases into kernel objects. KernelBackend does it
 level-triggered: each `reconcile(own, leases)` recomputes the whole plan
 (daemon.dataplane.planner), reads what the kernel holds (daemon.dataplane.kernel) and
-applies the difference with replace semantics, so hand-deleted entries or a deleted
+applies the difference with replace semantics (a run for lease changes alone compares with
+what the last run applied instead, while the kernel watch vouches for it), so hand-deleted entries or a deleted
 VXLAN device come back on the next call. `watch_kernel` calls back when someone
 touches our objects, so the daemon does not have to wait for its periodic tick.
 """
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Protocol
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
 from daemon import netlink as nl
 from daemon.dataplane import kernel
-from daemon.dataplane.planner import HOST_GW, Plan, Topology, diff, ip_text, lease_key, plan
+from daemon.dataplane.planner import (HOST_GW, Memo, Plan, Topology, diff, diff_since, ip_text,
+                                      lease_key, plan)
 
 if TYPE_CHECKING:
     from daemon.dataplane.node import NodeInfo
@@ -77,8 +79,10 @@ class Backend(Protocol):
     def configure(self, own: Lease) -> None:
         """Give our devices their addresses for `own`, our (new) lease."""
 
-    def reconcile(self, own: Lease, leases: list[Lease]) -> ReconcileStats:
-        """Bring the kernel in line with `leases`; a peer that fails is counted, not raised."""
+    def reconcile(self, own: Lease, leases: list[Lease], read_kernel: bool = True) -> ReconcileStats:
+        """Bring the kernel in line with `leases`; a peer that fails is counted, not raised.
+        read_kernel=False: only leases changed since the last call (the backend may trust
+        what that call left in the kernel, if it can tell nothing else touched it)."""
 
     def programmed(self, lease: Lease) -> bool:
         """Whether every object for `lease` was in the kernel after the last reconcile."""
@@ -108,7 +112,10 @@ class KernelBackend:
         self._lock = threading.Lock()  # one user of the socket at a time
         self._applied: Optional[AppliedPlan] = None
         self._plan_inputs: Optional[tuple] = None  # what self._applied.plan was planned from
-        self._programmed: dict[str, bool] = {}
+        self._memo = Memo()
+        self._left: Optional[tuple] = None  # (devices, plan, own lease) of a run applied in full
+        self._kernel_watch = None
+        self._programmed: tuple[dict, set[str]] = ({}, set())  # (planned leases, unprogrammed)
         self._refused_logged: dict[str, str] = {}
         self.networks = tuple(n for n in (netconf.network if netconf.enable_ipv4 else None,
                                           netconf.ipv6_network if netconf.enable_ipv6 else None)
@@ -133,9 +140,18 @@ class KernelBackend:
         with self._lock:  # a subnet move calls it while the reconcile thread runs
             self._configure(own)
 
-    def reconcile(self, own: Optional[Lease], leases: list[Lease]) -> ReconcileStats:
+    def reconcile(self, own: Optional[Lease], leases: list[Lease],
+                  read_kernel: bool = True) -> ReconcileStats:
+        """With read_kernel=False (only leases changed since the last run) the kernel is taken
+        to hold what the last run left there, if that run applied everything for the same own
+        lease and the kernel watch is alive to report any other change (a device or entry
+        touched wakes a run that reads it all): neither the devices are checked nor every
+        object dumped, and only the leases whose objects changed are compared."""
         with self._lock, _no_cyclic_gc():
-            devs, recreated = self._ensure_devices(own)
+            left, self._left = self._left, None
+            trusted = (not read_kernel and left is not None and left[2] is own
+                       and self._kernel_watch is not None and self._kernel_watch.is_alive())
+            devs, recreated = (left[0], []) if trusted else self._ensure_devices(own)
             topo = self._topology()
             connected: set[str] = set()
             if topo.backend == HOST_GW or topo.direct_routing:
@@ -143,18 +159,27 @@ class KernelBackend:
                     self._sock, _peer_ips(own, leases, topo), self.node.iface_index)
             wanted = self._plan(own, leases, topo, connected)
             self._applied = AppliedPlan(devs, wanted)  # before applying: the watch compares with it
-            current = kernel.read_state(self._sock, devs, topo.ipv4, topo.ipv6)
-            changes = diff(wanted, current, devs.owned)
+            if trusted:
+                changes = diff_since(wanted, left[1], devs.owned)
+            else:
+                current = kernel.read_state(self._sock, devs, topo.ipv4, topo.ipv6)
+                changes = diff(wanted, current, devs.owned)
             result = kernel.apply(self._sock, changes, devs)
-            return self._account(wanted, changes, result, recreated)
+            stats = self._account(wanted, changes, result, recreated)
+            if not result.failed:
+                self._left = (devs, wanted, own)
+            return stats
 
     def programmed(self, lease: Lease) -> bool:
-        return self._programmed.get(lease_key(lease), False)
+        planned, unprogrammed = self._programmed
+        key = lease_key(lease)
+        return key in planned and key not in unprogrammed
 
     def watch_kernel(self, callback: Callable[[], None]) -> KernelWatchHandle:
         from daemon.dataplane.kernel_watch import KernelWatch
         watcher = KernelWatch(self, callback)
         watcher.start()
+        self._kernel_watch = watcher
         return watcher
 
     def close(self) -> None:
@@ -186,7 +211,7 @@ class KernelBackend:
         if (applied is not None and last is not None and last[0] == inputs
                 and len(last[1]) == len(leases) and all(map(operator.is_, last[1], leases))):
             return applied.plan
-        wanted = plan(own, leases, topo, connected)
+        wanted = plan(own, leases, topo, connected, self._memo)
         self._plan_inputs = (inputs, list(leases))
         return wanted
 
@@ -197,10 +222,12 @@ class KernelBackend:
             log.warning("could not program %s: %s", _describe(obj), err)
         if len(result.failed) > 10:
             log.warning("... and %d more kernel errors", len(result.failed) - 10)
-        self._programmed = {key: not (failed and any(o in failed for o in objs))
-                            for key, objs in wanted.by_lease.items()}
-        for key in wanted.refused:
-            self._programmed[key] = False
+        # programmed(): planned, not refused, and none of its objects failed
+        unprogrammed = set(wanted.refused)
+        if failed:
+            unprogrammed.update(key for key, objs in wanted.by_lease.items()
+                                if any(o in failed for o in objs))
+        self._programmed = (wanted.by_lease, unprogrammed)
         for key, why in wanted.refused.items():
             if self._refused_logged.get(key) != why:
                 log.warning("refusing peer: %s", why)

@@ -98,8 +98,11 @@ class KernelWatch(threading.Thread):
         if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
             n = nl.parse_neigh(buf, off, end)
             dev = devs.by_index.get(n.ifindex)
-            if dev not in devs.vteps or not n.ip or not n.mac:
+            if dev not in devs.vteps or not n.ip:
                 return ""
+            if not n.mac:  # `ip neigh del` of a permanent entry: NEW then DEL, FAILED, no lladdr
+                want = wanted.neighs.get((dev, n.ip)) if n.family != nl.AF_BRIDGE else None
+                return f"wanted {_show(want)} deleted" if want is not None else ""
             if n.family == nl.AF_BRIDGE:
                 obj, want = Fdb(dev, n.mac, n.ip), wanted.fdbs.get((dev, n.mac))
             else:

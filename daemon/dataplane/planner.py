@@ -75,6 +75,10 @@ class Plan:
     def size(self) -> int:
         return len(self.neighs) + len(self.fdbs) + len(self.routes)
 
+    def as_kernel_state(self) -> "KernelState":
+        """The kernel as it is once this plan is applied in full."""
+        return KernelState(self.neighs, list(self.fdbs.values()), self.routes)
+
 
 def ip_text(addr) -> str:
     """str(ip_address) at a tenth of the cost, and spelled as the kernel dumps read back."""
@@ -94,23 +98,63 @@ def lease_key(lease: Lease) -> str:
     return key
 
 
+class Memo:
+    """Each lease's key and planned objects from the last plan, reused while the lease
+    object is the same (the watcher replaces a lease that changed) and the topology and
+    the on-link peers are too: spelling addresses out and building objects was most of a
+    plan's cost, and a plan is made for every lease change. A plan's by_lease shares the
+    tuples kept here."""
+
+    def __init__(self):
+        self.inputs: tuple | None = None  # (topology, connected, own subnet) of the entries
+        self.entries: dict[int, tuple[Lease, str, tuple]] = {}  # id(lease) -> (lease, key, objects)
+
+
 def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
-         connected: frozenset[str] | set[str] = frozenset()) -> Plan:
+         connected: frozenset[str] | set[str] = frozenset(), memo: Memo | None = None) -> Plan:
     """The wanted objects for every remote lease.
 
     `connected` holds the peer public IPs whose route lookup has no gateway
-    (same L2 segment): DirectRouting and host-gw use them.
+    (same L2 segment): DirectRouting and host-gw use them. With a `memo`, a lease planned
+    whole by the previous call is not planned again (the result is the same).
     """
     out = Plan()
     own_subnet = own.subnet if own is not None else None
+    inputs = (topo, frozenset(connected), own_subnet)
+    old = memo.entries if memo is not None and memo.inputs == inputs else {}
+    fresh: dict[int, tuple[Lease, str, tuple]] = {}
+    plan_one = _plan_vxlan if topo.backend == VXLAN else _plan_host_gw
+    neighs, fdbs, routes, by_lease = out.neighs, out.fdbs, out.routes, out.by_lease
     for lease in leases:
+        entry = old.get(id(lease))
+        if entry is not None and entry[0] is lease:  # (not our own: own_subnet is an input)
+            objects = entry[2]
+            for o in objects:
+                if type(o) is Fdb and (o.dev, o.mac) in fdbs:
+                    break  # its VtepMAC went to a lease planned before it: plan it afresh
+            else:
+                for o in objects:
+                    if type(o) is Neigh:
+                        neighs[(o.dev, o.ip)] = o
+                    elif type(o) is Fdb:
+                        fdbs[(o.dev, o.mac)] = o
+                    else:
+                        routes[o.dst] = o
+                if objects:
+                    by_lease[entry[1]] = objects
+                fresh[id(lease)] = entry
+                continue
         if lease.subnet == own_subnet:
             continue
         key = lease_key(lease)
-        if topo.backend == VXLAN:
-            _plan_vxlan(out, key, lease, topo, connected)
-        else:
-            _plan_host_gw(out, key, lease, topo, connected)
+        plan_one(out, key, lease, topo, connected)
+        if key not in out.refused:  # planned whole: kept for the next call
+            objects = ()
+            if key in by_lease:
+                objects = by_lease[key] = tuple(by_lease[key])
+            fresh[id(lease)] = (lease, key, objects)
+    if memo is not None:
+        memo.inputs, memo.entries = inputs, fresh
     return out
 
 
@@ -234,4 +278,30 @@ def diff(wanted: Plan, current: KernelState, owned_devs: frozenset[str] | set[st
                    and key[0] in owned_devs for f in group]
     ch.del_neighs = [n for key, n in current.neighs.items()
                      if key not in wanted.neighs and n.dev in owned_devs]
+    return ch
+
+
+def diff_since(wanted: Plan, last: Plan, owned_devs: frozenset[str] | set[str]) -> Changes:
+    """diff(wanted, <the kernel holding `last` in full>), looking only at the leases whose
+    objects are not the very ones of `last` (plan() with a Memo shares them): a lease change
+    costs its own objects and one pass over the lease keys, not a comparison of every object."""
+    old, new = last.by_lease, wanted.by_lease
+    touched = [k for k, objs in old.items() if new.get(k) is not objs]
+    touched += [k for k in new if k not in old]
+    neigh_keys, fdb_keys, dsts = {}, {}, {}  # dicts as ordered sets
+    for key in touched:
+        for obj in (*old.get(key, ()), *new.get(key, ())):
+            if type(obj) is Neigh:
+                neigh_keys[(obj.dev, obj.ip)] = None
+            elif type(obj) is Fdb:
+                fdb_keys[(obj.dev, obj.mac)] = None
+            else:
+                dsts[obj.dst] = None
+    sub_wanted, sub_last = Plan(), Plan()
+    for whole, sub in ((wanted, sub_wanted), (last, sub_last)):
+        sub.neighs = {k: whole.neighs[k] for k in neigh_keys if k in whole.neighs}
+        sub.fdbs = {k: whole.fdbs[k] for k in fdb_keys if k in whole.fdbs}
+        sub.routes = {k: whole.routes[k] for k in dsts if k in whole.routes}
+    ch = diff(sub_wanted, sub_last.as_kernel_state(), owned_devs)
+    ch.unchanged += wanted.size - sub_wanted.size  # every other wanted object is as it was
     return ch

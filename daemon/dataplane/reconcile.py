@@ -2,7 +2,8 @@
 
 Any trigger (a batch of etcd events, a netlink event on our device, the periodic tick)
 only wakes the loop; each run hands the backend every peer lease and lets it compute
-the whole wanted state and apply the difference. Triggers that arrive during a run
+the whole wanted state and apply the difference (against a fresh dump of the kernel,
+except on a run for lease changes alone: see Backend.reconcile). Triggers that arrive during a run
 coalesce into one more run, so a burst of 5000 lease events costs a handful of runs.
 The tick also re-checks the masquerade rules, as flanneld's iptables resync does.
 """
@@ -19,7 +20,7 @@ from daemon.metrics import Metrics
 
 log = logging.getLogger("flanneletted.reconcile")
 
-MIN_GAP = 0.05  # seconds between runs: our own netlink changes echo back as events
+MIN_GAP = 0.05  # seconds between runs, at most (see _run)
 
 
 class Reconciler:
@@ -64,9 +65,12 @@ class Reconciler:
                 reasons = {"tick"}
                 next_tick = time.monotonic() + self.interval
                 self._check_masquerade()
+            started = time.monotonic()
             self.run_once("+".join(sorted(reasons)))
             release_free_memory()  # a run frees as much as it allocated (daemon.memory)
-            self._stop.wait(MIN_GAP)
+            # rest as long as the run took, MIN_GAP at most: a burst of triggers during a long
+            # run coalesces into one more, and a lease change after a short one waits little
+            self._stop.wait(min(MIN_GAP, time.monotonic() - started))
 
     def run_once(self, reason: str = "manual"):
         """One full reconcile; errors are logged and counted, the next trigger retries."""
@@ -76,7 +80,10 @@ class Reconciler:
         peers = [p for p in self.peers() if p.subnet != own.subnet]
         started = time.monotonic()
         try:
-            stats = self.backend.reconcile(own, peers)
+            if reason == "etcd":  # leases changed, nothing else: the backend may skip its dump
+                stats = self.backend.reconcile(own, peers, read_kernel=False)
+            else:
+                stats = self.backend.reconcile(own, peers)
         except Exception:
             self.metrics.inc("errors_total", where="reconcile")
             log.exception("reconcile failed trigger=%s", reason)

@@ -176,3 +176,29 @@ def test_compatible_device_is_kept_and_gets_the_stable_mac(underlay, tmp_path):
     assert node.ns.out("cat", "/sys/class/net/flannel.1/ifindex") == index  # reused, not recreated
     assert attrs.backend_data["VtepMAC"] != "02:de:ad:be:ef:01"
     assert f"link/ether {attrs.backend_data['VtepMAC']}" in node.ns.out("ip", "link", "show", "flannel.1")
+
+
+def test_a_run_for_lease_changes_alone_trusts_the_last_run_only_while_the_watch_lives(three):
+    a, b, c = three
+    leases = [n.lease for n in three]
+    # no kernel watch: a hand-deleted route is found even when the run is for leases alone
+    a.ns.run("ip", "route", "del", "10.244.2.0/24")
+    stats = a.worker.call(backend_call, "reconcile", a.lease, leases, False)
+    assert stats.set == 1 and actual(a) == expected(a, three)
+    a.worker.call(start_watch)
+    # with the watch: a lease change alone is applied against what the last run left
+    stats = a.worker.call(backend_call, "reconcile", a.lease, leases[:2], False)
+    assert stats.removed == 3 and actual(a) == expected(a, [a, b])
+    stats = a.worker.call(backend_call, "reconcile", a.lease, leases, False)
+    assert stats.set == 3 and actual(a) == expected(a, three)
+    # a foreign change wakes the loop, whose full run (read_kernel) repairs it
+    a.ns.run("ip", "neigh", "del", "10.244.3.0", "dev", "flannel.1")
+    assert a.worker.call(wait_woken, 5.0)
+    assert reconcile(a, three).set == 1 and actual(a) == expected(a, three)
+    # so does a deleted device: the full run recreates it and puts every entry back
+    a.ns.run("ip", "link", "del", "flannel.1")
+    assert a.worker.call(wait_woken, 5.0)
+    assert reconcile(a, three).recreated == ["flannel.1"] and actual(a) == expected(a, three)
+    # after it, a run for lease changes alone has nothing to do
+    stats = a.worker.call(backend_call, "reconcile", a.lease, leases, False)
+    assert stats.set == 0 and stats.unchanged == 6

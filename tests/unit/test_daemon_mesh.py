@@ -67,3 +67,37 @@ def test_the_status_report_says_which_peers_answer():
     assert got == {"10.244.1.0/24": "absent", "10.244.2.0/24": True, "10.244.3.0/24": False}
     without = build_report(config, own, known, lambda x: True, None, True, True, 1)
     assert all("reachable" not in e for e in without["leases"])
+
+
+def test_the_mesh_gauges_follow_each_change_of_state_and_of_the_peer_set():
+    from daemon.mesh import HealthMesh
+    from daemon.metrics import Metrics
+
+    own, a, b, c = lease(1), lease(2), lease(3), lease(4, "host-gw")
+    peers, metrics = [own, a, b, c], Metrics()
+    mesh = HealthMesh(lambda: list(peers), lambda: own, metrics)
+    mesh._sync_peers()
+    assert set(mesh.health) == {"10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"}
+    mesh._mark("10.244.2.0/24", False)
+    mesh._mark("10.244.3.0/24", True)
+    mesh._export()
+    assert (metrics.get("peers_probed"), metrics.get("peers_unreachable")) == (2, 1)
+    assert metrics.get("peer_unreachable", peer="10.244.2.0/24") == 1
+    mesh._mark("10.244.2.0/24", True)  # back: its series goes to 0, the gauges follow
+    mesh._mark("10.244.4.0/24", False)
+    mesh._export()
+    assert (metrics.get("peers_probed"), metrics.get("peers_unreachable")) == (3, 1)
+    assert metrics.get("peer_unreachable", peer="10.244.2.0/24") == 0
+    peers.remove(c)  # a peer leaves: its series goes to 0 and it no longer counts
+    mesh._sync_peers()
+    mesh._export()
+    assert (metrics.get("peers_probed"), metrics.get("peers_unreachable")) == (2, 0)
+    assert metrics.get("peer_unreachable", peer="10.244.4.0/24") == 0
+    mesh.health["10.244.2.0/24"].last_probe = 50.0
+    mesh.health["10.244.3.0/24"].last_probe = 40.0
+    peers[2] = lease(3, "host-gw")  # a peer's probe target changes: probed afresh, first
+    mesh._sync_peers()
+    mesh._export()
+    assert (metrics.get("peers_probed"), metrics.get("peers_unreachable")) == (1, 0)
+    assert mesh.health["10.244.3.0/24"].target == "192.168.50.3"
+    assert mesh.schedule.due(mesh.health, 100.0) == ["10.244.3.0/24"]

@@ -29,7 +29,8 @@ class FakeBackend:
         self.gate = threading.Event()
         self.gate.set()
 
-    def reconcile(self, own, leases):
+    def reconcile(self, own, leases, read_kernel=True):
+        self.read_kernel = read_kernel
         self.entered.release()
         self.gate.wait(5)
         self.calls.append((own.key, sorted(x.key for x in leases)))
@@ -95,6 +96,16 @@ def test_a_failing_run_is_counted_and_logged_and_the_next_trigger_retries(caplog
     assert r.metrics.get("errors_total", where="reconcile") == 1
     assert r.run_once("tick") is not None
     assert r.metrics.get("errors_total", where="reconcile") == 1
+
+
+def test_only_a_run_for_lease_changes_alone_lets_the_backend_skip_reading_the_kernel():
+    backend = FakeBackend()
+    r = loop(backend, [lease(2)])
+    r.run_once("etcd")
+    assert backend.read_kernel is False
+    for reason in ("etcd+kernel", "tick", "kernel", "lease", "etcd+lease", "manual"):
+        r.run_once(reason)
+        assert backend.read_kernel is True, reason
 
 
 def test_metrics_text_is_prometheus_exposition():

@@ -191,3 +191,48 @@ def test_hand_changed_route_is_replaced():
 @pytest.mark.parametrize("lease", [vxlan_lease(7), vxlan_lease(9, v6=True)], ids=["v4", "dual"])
 def test_cheap_lease_key_is_flannels_key(lease):
     assert lease_key(lease) == lease.key
+
+
+def test_a_plan_with_the_memo_of_the_last_one_is_the_plan_made_afresh():
+    from daemon.dataplane.planner import Memo
+    peers = [vxlan_lease(n) for n in range(2, 12)] + [vxlan_lease(13, v6=True), hostgw_lease(14)]
+    clash = vxlan_lease(12, mac=peers[3].attrs.backend_data["VtepMAC"])  # a VtepMAC already taken
+    memo = Memo()
+    topo = VX
+
+    def same(leases, connected=frozenset(), topology=topo, own=None):
+        fresh, remembered = plan(own, leases, topology, connected), plan(own, leases, topology, connected, memo)
+        assert (remembered.neighs, remembered.fdbs, remembered.routes, remembered.refused) == \
+            (fresh.neighs, fresh.fdbs, fresh.routes, fresh.refused)
+        assert {k: list(v) for k, v in remembered.by_lease.items()} == \
+            {k: list(v) for k, v in fresh.by_lease.items()}
+    same(peers + [clash])
+    same(peers + [clash])  # all from the memo
+    same(peers + [clash], own=peers[0])  # our own lease is never planned, memo or not
+    same(peers + [clash])
+    same([clash] + peers[:3] + peers[4:])  # the clash planned first now wins its MAC
+    same([clash] + peers)  # and the lease it clashes with is refused
+    same(peers[:5], topology=VX_DIRECT, connected={"192.168.50.2"})
+    same(peers[:5], topology=VX_DIRECT)
+    same(peers, topology=VX_DUAL)
+    same(peers, topology=HGW, connected={"192.168.50.14"})
+    same(peers, topology=HGW)
+
+
+def test_the_changes_since_the_last_plan_are_those_of_a_full_diff_against_it():
+    from daemon.dataplane.planner import Memo, diff_since
+    peers = [vxlan_lease(n) for n in range(2, 12)] + [vxlan_lease(13, v6=True)]
+    moved = vxlan_lease(5, public="192.168.60.5")  # same subnet, new PublicIP: a stale FDB
+    clash = vxlan_lease(12, mac=peers[3].attrs.backend_data["VtepMAC"])
+    owned = {"flannel.1", "flannel-v6.1", "eth0"}
+    for topo in (VX, VX_DUAL):
+        for before, after in ((peers, peers), (peers, peers[:4] + peers[5:]),
+                              (peers[:4] + peers[5:], peers), (peers, peers[:3] + [moved] + peers[4:]),
+                              (peers, [clash] + peers), ([clash] + peers, peers), (peers, [])):
+            memo = Memo()
+            last, wanted = plan(None, before, topo, memo=memo), plan(None, after, topo, memo=memo)
+            full, since = diff(wanted, last.as_kernel_state(), owned), diff_since(wanted, last, owned)
+            for field in ("set_neighs", "del_stale_fdbs", "set_fdbs", "set_routes", "del_routes",
+                          "del_fdbs", "del_neighs"):
+                assert sorted(getattr(since, field)) == sorted(getattr(full, field)), field
+            assert since.unchanged == full.unchanged

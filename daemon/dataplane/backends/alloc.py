@@ -27,7 +27,7 @@ class AllocBackend:
     def configure(self, own: Lease) -> None:
         pass
 
-    def reconcile(self, own: Lease, leases: list[Lease]) -> ReconcileStats:
+    def reconcile(self, own: Lease, leases: list[Lease], read_kernel: bool = True) -> ReconcileStats:
         return ReconcileStats()
 
     def programmed(self, lease: Lease) -> bool:
