@@ -3,7 +3,7 @@
 What node discovery and the VXLAN devices need: read links (with their vxlan
 settings) and addresses, create, delete and modify a link, add and remove an
 address. Done here rather than with pyroute2, whose import alone costs the daemon
-about 9 MiB of its memory (tests/bench/bench_daemon_join.py) and 130 ms of startup.
+about 9 MiB of its memory (tests/bench/bench_scale.py) and 130 ms of startup.
 Errors are rtnl.NetlinkError (an OSError) carrying the kernel's errno and message.
 """
 from __future__ import annotations

@@ -4,7 +4,7 @@ glibc gives each new thread its own malloc arena (up to 8 per CPU); grpc, the
 watchers and the CNI workers each dirty one, and the memory freed in them after a
 5000-lease join stays resident. With two arenas, a fixed mmap threshold and a trim
 after each reconcile (well under a millisecond), the daemon of
-tests/bench/bench_daemon_join.py holds 70 MiB after 60 s instead of 78.
+tests/bench/bench_scale.py (5000 leases) holds 70 MiB after 60 s instead of 78.
 Done in code rather than with MALLOC_ARENA_MAX in a unit file, so every way of
 running the daemon gets it.
 On a libc without these calls (musl) both are no-ops.
