@@ -37,6 +37,9 @@ class BackendConfig(BaseModel):
     direct_routing: bool = Field(default=False, alias="DirectRouting")
     learning: bool = Field(default=False, alias="Learning")
     gbp: bool = Field(default=False, alias="GBP")
+    # Outer UDP checksums of the IPv4 VTEP; None keeps the kernel's default (on). Off lets an
+    # uplink that can segment VXLAN, but not VXLAN with UDP checksums, segment it in hardware.
+    udp_checksum: Optional[bool] = Field(default=None, alias="UDPChecksum")
 
     @property
     def udp_port(self) -> int:

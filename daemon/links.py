@@ -20,7 +20,7 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO = 1, 3, 4, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 VXLAN_ID, VXLAN_LINK, VXLAN_LOCAL, VXLAN_LEARNING = 1, 3, 4, 7
-VXLAN_PORT, VXLAN_LOCAL6, VXLAN_GBP = 15, 17, 23
+VXLAN_PORT, VXLAN_LOCAL6, VXLAN_UDP_CSUM, VXLAN_GBP = 15, 17, 18, 23
 _BE16 = struct.Struct("!H")
 
 
@@ -32,6 +32,7 @@ class Vxlan(NamedTuple):
     port: Optional[int]
     learning: bool
     gbp: bool
+    udp_csum: Optional[bool] = None  # outer UDP checksums on transmit (IPv4 underlay)
 
 
 class Link(NamedTuple):
@@ -71,10 +72,12 @@ def _parse_vxlan(buf, off: int, end: int) -> Vxlan:
             v[atype] = _BE16.unpack_from(buf, voff)[0]
         elif atype == VXLAN_LEARNING and vlen >= 1:
             v[atype] = bool(buf[voff])
+        elif atype == VXLAN_UDP_CSUM and vlen >= 1:
+            v[atype] = bool(buf[voff])
         elif atype == VXLAN_GBP:
             v[atype] = True
     return Vxlan(v.get(VXLAN_ID), v.get(VXLAN_LINK), v.get(VXLAN_LOCAL) or v.get(VXLAN_LOCAL6, ""),
-                 v.get(VXLAN_PORT), v[VXLAN_LEARNING], v[VXLAN_GBP])
+                 v.get(VXLAN_PORT), v[VXLAN_LEARNING], v[VXLAN_GBP], v.get(VXLAN_UDP_CSUM))
 
 
 def parse_link(buf, off: int, end: int) -> Link:
@@ -144,11 +147,15 @@ def addresses(sock: rtnl.RtnlSocket, family: int = 0, index: int = 0) -> list[Ad
 
 
 def add_vxlan(sock: rtnl.RtnlSocket, name: str, vni: int, link: int, local: str, port: int,
-              learning: bool, gbp: bool, mac: str, mtu: int) -> None:
+              learning: bool, gbp: bool, mac: str, mtu: int,
+              udp_csum: Optional[bool] = None) -> None:
+    """A VXLAN link; `udp_csum` None leaves outer UDP checksums at the kernel's default."""
     family, packed = rtnl.pton(local)
     data = [attr_u32(VXLAN_ID, vni), attr_u32(VXLAN_LINK, link),
             attr(VXLAN_LOCAL if family == socket.AF_INET else VXLAN_LOCAL6, packed),
             attr(VXLAN_PORT, _BE16.pack(port)), attr(VXLAN_LEARNING, bytes([int(learning)]))]
+    if udp_csum is not None:
+        data.append(attr(VXLAN_UDP_CSUM, bytes([int(udp_csum)])))
     if gbp:
         data.append(attr(VXLAN_GBP, b""))
     body = (IFINFO.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)

@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # procps (sysctl) and curl run inside the test namespaces, openssl makes the etcd TLS test PKI,
 # ca-certificates lets the venv's pip reach PyPI: minimal Debian 12 images have none of them.
 # podman (4.3, CNI backend) and busybox-static (the e2e's image, built locally) serve the podman e2e.
+# iperf3 serves the data-plane benchmark (pod-to-pod and underlay throughput).
 TOOLS="etcd-server etcd-client containernetworking-plugins iproute2 iptables tcpdump iputils-ping strace
-       procps curl openssl ca-certificates podman busybox-static"
+       procps curl openssl ca-certificates podman busybox-static iperf3"
 py=${PYTHON:-$(command -v python3 || true)}
 
 # The Debian packages this machine lacks, one per line.

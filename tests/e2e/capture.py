@@ -30,6 +30,7 @@ class Packet:
     inner_src: str | None = None  # set for VXLAN frames
     inner_dst: str | None = None
     inner_proto: int | None = None
+    udp_csum: int | None = None  # the outer UDP checksum field (0: the sender computed none)
 
     @property
     def is_vxlan(self) -> bool:
@@ -54,14 +55,14 @@ def decode_frame(frame: bytes) -> Packet | None:
     src, dst, proto, payload = outer
     if proto != PROTO_UDP or len(payload) < 8:
         return Packet(src, dst, proto)
-    dport = struct.unpack("!H", payload[2:4])[0]
+    dport, csum = struct.unpack("!H2xH", payload[2:8])
     if dport != VXLAN_PORT or len(payload) < 8 + 8 + 14:
-        return Packet(src, dst, proto, dport)
+        return Packet(src, dst, proto, dport, udp_csum=csum)
     inner_frame = payload[8 + 8:]  # UDP header, VXLAN header
     inner = decode_frame(inner_frame)
     if inner is None:
-        return Packet(src, dst, proto, dport)
-    return Packet(src, dst, proto, dport, inner.src, inner.dst, inner.proto)
+        return Packet(src, dst, proto, dport, udp_csum=csum)
+    return Packet(src, dst, proto, dport, inner.src, inner.dst, inner.proto, csum)
 
 
 def read_pcap(path: str) -> list[bytes]:

@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from conf.flannel import DEFAULT_PREFIX
 from tests.e2e.node import Node, Pod
@@ -46,6 +46,7 @@ class ClusterSpec:
     workdir: str = ""  # where node dirs and logs go, a fresh temp dir when empty
     daemon_args: tuple[str, ...] = ()
     etcd_members: int = 1  # more: a real cluster, one member per netns on the underlay
+    backend_options: dict = field(default_factory=dict)  # more Backend keys, e.g. UDPChecksum
 
     @property
     def label(self) -> str:
@@ -55,6 +56,7 @@ class ClusterSpec:
         backend: dict = {"Type": self.backend}
         if self.backend == "vxlan":
             backend.update(VNI=1, Port=8472, DirectRouting=self.direct_routing)
+        backend.update(self.backend_options)
         return {"Network": self.network, "SubnetLen": 24, "Backend": backend}
 
 

@@ -1,9 +1,12 @@
 """vxlan backend in netns nodes: exact kernel entries, traffic, repair, stable VTEP MAC."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conf.flannel import Lease
+from tests.e2e.capture import Capture
 from tests.support.dataplane_nodes import (backend_call, lines, make_backend, ping,
                                            programmed, reconcile, start_nodes, start_watch,
                                            underlay,  # noqa: F401 (fixture)
@@ -202,3 +205,49 @@ def test_a_run_for_lease_changes_alone_trusts_the_last_run_only_while_the_watch_
     # after it, a run for lease changes alone has nothing to do
     stats = a.worker.call(backend_call, "reconcile", a.lease, leases, False)
     assert stats.set == 0 and stats.unchanged == 6
+
+
+VXLAN_NO_CSUM = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "UDPChecksum": False}}
+
+
+def _outer_checksums(underlay, a, b) -> set[int]:
+    """The outer UDP checksum fields of the VXLAN frames a ping from a's pod range to b's puts
+    on the underlay bridge."""
+    with Capture(underlay.ns, "br0") as cap:
+        assert ping(a, str(a.lease.subnet.network_address + 1), str(b.lease.subnet.network_address + 1))
+    return {p.udp_csum for p in cap.packets() if p.is_vxlan}
+
+
+def test_udp_checksum_off_creates_the_vtep_without_outer_checksums(underlay, tmp_path):
+    a, b = start_nodes(underlay, ["br0"] * 2, VXLAN_NO_CSUM, str(tmp_path))
+    for node in (a, b):
+        reconcile(node, [a, b])
+        assert " noudpcsum " in node.ns.out("ip", "-d", "link", "show", "flannel.1")
+    assert _outer_checksums(underlay, a, b) == {0}
+
+
+def test_default_vtep_keeps_the_kernels_outer_checksums(three, underlay):
+    a, b, _ = three
+    assert " udpcsum " in a.ns.out("ip", "-d", "link", "show", "flannel.1")
+    sums = _outer_checksums(underlay, a, b)
+    assert sums and 0 not in sums
+
+
+def test_changing_udp_checksum_recreates_the_vtep_and_absent_keeps_it(three, tmp_path):
+    a = three[0]
+    index = a.ns.out("cat", "/sys/class/net/flannel.1/ifindex")
+    w = a.worker
+    w.call(make_backend, json.dumps(VXLAN_NO_CSUM), "eth0", str(tmp_path / "node1"))
+    w.call(backend_call, "prepare")
+    stats = reconcile(a, three)
+    assert " noudpcsum " in a.ns.out("ip", "-d", "link", "show", "flannel.1")
+    assert a.ns.out("cat", "/sys/class/net/flannel.1/ifindex") != index
+    assert stats.errors == 0 and actual(a) == expected(a, three)
+    assert ping(a, "10.244.1.1", "10.244.2.1")
+    # Without the option the daemon leaves the checksum setting alone: no recreation.
+    index = a.ns.out("cat", "/sys/class/net/flannel.1/ifindex")
+    w.call(make_backend, json.dumps(VXLAN), "eth0", str(tmp_path / "node1"))
+    w.call(backend_call, "prepare")
+    stats = reconcile(a, three)
+    assert not stats.recreated and stats.set == 0
+    assert a.ns.out("cat", "/sys/class/net/flannel.1/ifindex") == index

@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "packaging" / "dev-setup.sh"
 TOOLS = ["etcd-server", "etcd-client", "containernetworking-plugins", "iproute2", "iptables",
          "tcpdump", "iputils-ping", "strace", "procps", "curl", "openssl", "ca-certificates", "podman",
-         "busybox-static"]
+         "busybox-static", "iperf3"]
 BASICS = ["bash", "env", "dirname", "tr", "sed", "grep", "readlink", "cat"]
 
 FAKE_DPKG = """#!/bin/sh

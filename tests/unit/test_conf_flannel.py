@@ -203,3 +203,13 @@ def test_write_atomic_never_exposes_a_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_atomic(str(path), b"new content")
     assert path.read_bytes() == b"old"
+
+
+def test_udp_checksum_is_absent_unless_given():
+    base = {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}
+    assert load_network_config(json.dumps(base)).backend.udp_checksum is None
+    for value in (False, True):
+        base["Backend"]["UDPChecksum"] = value
+        assert load_network_config(json.dumps(base)).backend.udp_checksum is value
+    cfg = load_network_config('{"Network": "10.244.0.0/16", "backend": {"udpchecksum": false}}')
+    assert cfg.backend.udp_checksum is False

@@ -60,3 +60,12 @@ def test_missing_link_is_none_and_other_errors_raise():
         assert e.errno == 1 and "denied" in str(e)
     else:
         raise AssertionError("EPERM must raise")
+
+
+def test_vxlan_udp_checksum_is_sent_only_when_asked():
+    base = dict(name="flannel.1", vni=1, link=2, local="10.77.0.11", port=8472, learning=False,
+                gbp=False, mac="02:aa:bb:cc:dd:03", mtu=1450)
+    assert links.parse_link(*_payload(capture_vxlan(**base))).vxlan.udp_csum is None
+    for want in (False, True):
+        req = capture_vxlan(**base, udp_csum=want)
+        assert links.parse_link(*_payload(req)).vxlan.udp_csum is want

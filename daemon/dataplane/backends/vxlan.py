@@ -48,6 +48,7 @@ class VtepSpec:
     learning: bool
     gbp: bool
     mtu: int
+    udp_csum: Optional[bool] = None  # None: the kernel's default, never compared
 
 
 class VxlanBackend(KernelBackend):
@@ -67,8 +68,10 @@ class VxlanBackend(KernelBackend):
                 continue
             if not local:
                 raise DataplaneError(f"vxlan needs an {what} address on {node.iface}")
+            # IPv6 requires UDP checksums (RFC 8200): UDPChecksum applies to IPv4 only
+            udp_csum = cfg.udp_checksum if family == socket.AF_INET else None
             self.specs.append(VtepSpec(name, family, cfg.vni, local, node.iface_index,
-                                       cfg.udp_port, cfg.learning, cfg.gbp, self.mtu))
+                                       cfg.udp_port, cfg.learning, cfg.gbp, self.mtu, udp_csum))
         self.macs = {s.name: stable_mac(state_dir, s.name, node.public_ip) for s in self.specs}
         self._own: Optional[Lease] = None
 
@@ -145,6 +148,8 @@ def vtep_mismatch(link: links.Link, spec: VtepSpec) -> str:
               ("UDP port", v.port, spec.port),
               ("learning", v.learning, spec.learning),
               ("GBP", v.gbp, spec.gbp)]
+    if spec.udp_csum is not None:  # the kernel cannot change it on a live device
+        checks.append(("UDP checksum", v.udp_csum, spec.udp_csum))
     for what, have, want in checks:
         if have != want:
             return f"its {what} is {have}, want {want}"
@@ -168,10 +173,11 @@ def ensure_vtep(sock, spec: VtepSpec, mac: str) -> tuple[int, str]:
         log.warning("%s exists but %s; recreating it", spec.name, why)
         links.delete_link(sock, link.index)
     else:
-        log.info("creating %s (VNI %d, local %s, dstport %d)", spec.name, spec.vni, spec.local,
-                 spec.port)
+        log.info("creating %s (VNI %d, local %s, dstport %d%s)", spec.name, spec.vni, spec.local,
+                 spec.port, "" if spec.udp_csum is None else
+                 f", UDP checksums {'on' if spec.udp_csum else 'off'}")
     links.add_vxlan(sock, spec.name, spec.vni, spec.link, spec.local, spec.port, spec.learning,
-                    spec.gbp, mac, spec.mtu)
+                    spec.gbp, mac, spec.mtu, spec.udp_csum)
     _sysctl(f"/proc/sys/net/ipv6/conf/{spec.name}/accept_ra", "0")
     created = links.get_link(sock, name=spec.name)
     if created is None:
