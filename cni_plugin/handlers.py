@@ -22,7 +22,7 @@ from conf.flannel import load_subnet_env
 from conf.plugin import IPAM_TYPE, IpamConf, PluginConf, requested_mac
 from conf.steps import mark
 
-from cni_plugin import links
+from cni_plugin import attachment
 from cni_plugin.check import verify_attachment
 from cni_plugin.ipam_client import call_ipam, ipam_config
 from cni_plugin.plan import bridge_gateways, build_result, effective_mtu, plan_pod
@@ -51,18 +51,18 @@ def cmd_add(req: Request) -> Result:
     subnet_env = load_subnet_env(conf.subnet_file)
     cid, ifname, netns = req.env.container_id, req.env.ifname, req.env.netns
     mtu = effective_mtu(conf, subnet_env)
-    host_name = links.host_veth_name(cid, ifname)
+    host_name = attachment.host_veth_name(cid, ifname)
     ipam_raw = ipam_config(req.raw, conf.ipam, conf.subnet_file)
     if ipam_raw["ipam"].get("type") == IPAM_TYPE:  # refuse a bad IPAM config before cni0 is touched
         load_model(IpamConf, ipam_raw["ipam"], where="ipam")
     mark("load config and subnet.env")
-    ipr = host_netlink()
+    node_sock = host_netlink()
     with pod_netns_fd(netns, req.netns_fd) as pod_fd, \
-            contextlib.closing(netlink_in(pod_fd)) as pod, contextlib.ExitStack() as undo:
+            contextlib.closing(netlink_in(pod_fd)) as pod_sock, contextlib.ExitStack() as undo:
         mark("open pod netns")
-        links.check_pod_ifname_free(ipr, pod, ifname, host_name, netns)
+        attachment.check_pod_ifname_free(node_sock, pod_sock, ifname, host_name, netns)
         mark("check pod ifname")
-        bridge = links.ensure_bridge(ipr, conf.bridge, mtu, bridge_gateways(subnet_env))
+        bridge = attachment.ensure_bridge(node_sock, conf.bridge, mtu, bridge_gateways(subnet_env))
         mark("ensure bridge")
         # Written ahead of the veth and the address, completed with the result at the end:
         # whatever moment a kill stops this ADD at, GC finds what it made.
@@ -71,17 +71,17 @@ def cmd_add(req: Request) -> Result:
         save_state(conf.data_dir, conf.name, state)
         mark("save state (intent)")
         undo.callback(_best_effort, "forget the attachment", remove_state, conf.data_dir, conf.name, cid, ifname)
-        host, pod_mac = links.setup_veth(ipr, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode,
+        host, pod_mac = attachment.setup_veth(node_sock, host_name, ifname, pod_fd, mtu, bridge, conf.hairpin_mode,
                                          pod_mac)
         mark("setup veth")
-        undo.callback(_best_effort, f"delete {host_name}", links.delete_link, ipr, host_name)
+        undo.callback(_best_effort, f"delete {host_name}", attachment.delete_link, node_sock, host_name)
         ipam_result = call_ipam(req.env, "ADD", ipam_raw) or Result()
         mark("ipam add")
         undo.callback(_best_effort, "ipam DEL", call_ipam, req.env, "DEL", ipam_raw)
         if not ipam_result.ips:
             raise InvalidConfigError(f"IPAM {ipam_raw['ipam'].get('type')} returned no IP address")
         plan = plan_pod(conf, subnet_env, ipam_result)
-        _index, kept = links.configure_pod_iface(pod, ifname, plan.addresses, plan.routes)
+        _index, kept = attachment.configure_pod_iface(pod_sock, ifname, plan.addresses, plan.routes)
         mark("configure pod iface")
         plan.routes = _without_kept_routes(plan.routes, kept, ifname, netns)
         result = build_result(conf, plan, ipam_result, bridge_mac=bridge.mac, host_veth=host_name,
@@ -119,9 +119,9 @@ def cmd_del(req: Request) -> None:
     conf = load_conf(req)
     cid, ifname = req.env.container_id, req.env.ifname
     state = load_state(conf.data_dir, conf.name, cid, ifname)
-    host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
+    host_name = state.host_veth if state else attachment.host_veth_name(cid, ifname)
     mark("load config and state")
-    links.remove_link(host_netlink(), host_name)
+    attachment.remove_link(host_netlink(), host_name)
     mark("remove veth")
     call_ipam(req.env, "DEL", _saved_or_requested_ipam(req, conf, state))
     mark("ipam del")
@@ -136,11 +136,11 @@ def cmd_check(req: Request) -> None:
     prev = load_result(conf.prev_result)
     cid, ifname = req.env.container_id, req.env.ifname
     state = load_state(conf.data_dir, conf.name, cid, ifname)
-    host_name = state.host_veth if state else links.host_veth_name(cid, ifname)
+    host_name = state.host_veth if state else attachment.host_veth_name(cid, ifname)
     mark("load config and state")
-    with pod_netns_fd(req.env.netns, req.netns_fd) as pod_fd, contextlib.closing(netlink_in(pod_fd)) as pod:
+    with pod_netns_fd(req.env.netns, req.netns_fd) as pod_fd, contextlib.closing(netlink_in(pod_fd)) as pod_sock:
         mark("open pod netns")
-        verify_attachment(host_netlink(), pod, prev, bridge=conf.bridge, host_name=host_name, ifname=ifname)
+        verify_attachment(host_netlink(), pod_sock, prev, bridge=conf.bridge, host_name=host_name, ifname=ifname)
         mark("verify links and addresses")
     call_ipam(req.env, "CHECK", _saved_or_requested_ipam(req, conf, state))
     mark("ipam check")
@@ -163,7 +163,7 @@ def cmd_gc(req: Request) -> None:
         raise InvalidConfigError(
             "invalid network configuration: field 'cni.dev/valid-attachments' is required for GC")
     valid = {(a.container_id, a.ifname) for a in attachments}
-    ipr = host_netlink()
+    node_sock = host_netlink()
     failures: list[CniError] = []
     for cid, ifname in list_staging(conf.data_dir, conf.name):  # a save killed half-way
         if (cid, ifname) not in valid:
@@ -172,7 +172,7 @@ def cmd_gc(req: Request) -> None:
         if (state.container_id, state.ifname) in valid:
             continue
         try:
-            links.delete_link(ipr, state.host_veth)
+            attachment.delete_link(node_sock, state.host_veth)
         except CniError as e:  # keep collecting, like host-local across ranges
             failures.append(e)
             continue

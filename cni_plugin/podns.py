@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 from conf.errors import InvalidNetnsError
 
-from cni_plugin.rtnl import RtnlSocket
+from cni_plugin.netlink import NetlinkSocket
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs file: which kind of namespace it is
@@ -64,7 +64,7 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def netlink_in(pod_fd: int) -> RtnlSocket:
+def netlink_in(pod_fd: int) -> NetlinkSocket:
     """A request socket bound to the pod netns; this thread stays put."""
     host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -75,7 +75,7 @@ def netlink_in(pod_fd: int) -> RtnlSocket:
                 raise InvalidNetnsError("the pod netns fd is not a network namespace") from None
             raise
         try:
-            return RtnlSocket(rcvbuf=1 << 20)
+            return NetlinkSocket(rcvbuf=1 << 20)
         finally:
             _return_home(host_fd)
     finally:
@@ -91,12 +91,12 @@ def _return_home(host_fd: int) -> None:
         os._exit(70)
 
 
-def host_netlink() -> RtnlSocket:
+def host_netlink() -> NetlinkSocket:
     """This thread's request socket in its own (the node's) netns, reused across calls.
 
     One per thread: a socket's replies must not be read by two threads at once.
     """
-    ipr = getattr(_local, "ipr", None)
-    if ipr is None:
-        ipr = _local.ipr = RtnlSocket(rcvbuf=1 << 20)
-    return ipr
+    sock = getattr(_local, "node_sock", None)
+    if sock is None:
+        sock = _local.node_sock = NetlinkSocket(rcvbuf=1 << 20)
+    return sock

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Protocol
 
 from conf.flannel import Lease, LeaseAttrs, NetworkConfig
-from daemon import netlink as nl
+from cni_plugin.netlink import NetlinkSocket
 from daemon.dataplane import kernel
 from daemon.dataplane.planner import (HOST_GW, Memo, Plan, Topology, diff, diff_since, ip_text,
                                       lease_key, plan)
@@ -108,7 +108,7 @@ class KernelBackend:
     def __init__(self, netconf: NetworkConfig, node: NodeInfo, state_dir: str):
         self.netconf, self.node, self.state_dir = netconf, node, state_dir
         self.mtu = node.iface_mtu
-        self._sock = nl.RtnlSocket()  # opened here: it stays in this netns
+        self._sock = NetlinkSocket()  # opened here: it stays in this netns
         self._lock = threading.Lock()  # one user of the socket at a time
         self._applied: Optional[AppliedPlan] = None
         self._plan_inputs: Optional[tuple] = None  # what self._applied.plan was planned from

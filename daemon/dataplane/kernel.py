@@ -1,6 +1,6 @@
 """The IO side of the planner: read our objects from the kernel, apply changes.
 
-Reads are full dumps parsed cheaply (daemon.netlink); writes go out as one
+Reads are full dumps parsed cheaply (cni_plugin.netlink); writes go out as one
 ordered batch, so 15000 objects cost about what the kernel needs to insert them.
 Everything happens in the network namespace of the calling thread.
 """
@@ -12,8 +12,9 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from daemon import netlink as nl
-from daemon.dataplane.planner import Changes, Fdb, KernelState, Neigh, Route
+from cni_plugin import netlink as nl
+from cni_plugin.netlink import Fdb, Neigh, NetlinkSocket, Route
+from daemon.dataplane.planner import Changes, KernelState
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,24 @@ class ApplyResult:
     failed: list[tuple[object, nl.NetlinkError]] = field(default_factory=list)
 
 
-def read_state(sock: nl.RtnlSocket, devs: Devices, ipv4: bool, ipv6: bool) -> KernelState:
+def read_state(sock: NetlinkSocket, devs: Devices, ipv4: bool, ipv6: bool) -> KernelState:
     state = KernelState()
     vtep_idx = {devs.by_name[n] for n in devs.vteps if n in devs.by_name}
     families = [f for f, on in ((socket.AF_INET, ipv4), (socket.AF_INET6, ipv6)) if on]
     if vtep_idx:
         for family in families:
-            dumped = sock.dump(nl.RTM_GETNEIGH, family)
+            dumped = nl.dump_neighbours(sock, family)
             for ifindex, ip, mac, st in nl.neigh_rows(dumped, vtep_idx):
                 if st & nl.NUD_PERMANENT and ip and mac:
                     neigh = Neigh(devs.by_index[ifindex], ip, mac)
                     state.neighs[(neigh.dev, ip)] = neigh
-        dumped = sock.dump(nl.RTM_GETNEIGH, nl.AF_BRIDGE)
+        dumped = nl.dump_neighbours(sock, nl.AF_BRIDGE)
         for ifindex, ip, mac, _st in nl.neigh_rows(dumped, vtep_idx):
             if ip and mac and mac != _ZERO_MAC:
                 state.fdbs.append(Fdb(devs.by_index[ifindex], mac, ip))
     uplink_idx = devs.by_name.get(devs.uplink)
     for family in families:
-        for r in sock.routes(family):
+        for r in nl.routes(sock, family):
             if r.table != nl.RT_TABLE_MAIN or r.protocol == nl.RTPROT_KERNEL:
                 continue
             if r.oif in vtep_idx or (r.oif == uplink_idx and r.gateway
@@ -77,7 +78,7 @@ def _inside(dst: str, networks) -> bool:
     return any(net.version == n.version and net.subnet_of(n) for n in networks)
 
 
-def apply(sock: nl.RtnlSocket, ch: Changes, devs: Devices) -> ApplyResult:
+def apply(sock: NetlinkSocket, ch: Changes, devs: Devices) -> ApplyResult:
     """Send every change as one ordered batch; a removal of something already gone is fine."""
     # (object, is_removal) in apply order: neighbour, FDB, route; removals in reverse
     objects = [(n, False) for n in ch.set_neighs] + [(f, True) for f in ch.del_stale_fdbs]
@@ -89,7 +90,7 @@ def apply(sock: nl.RtnlSocket, ch: Changes, devs: Devices) -> ApplyResult:
     result = ApplyResult()
     if not objects:
         return result
-    failures, _ = sock.send_batch(requests)
+    failures = sock.batch(requests)
     bad = set()
     for index, err in failures:
         obj, removal = objects[index]
@@ -103,10 +104,7 @@ def apply(sock: nl.RtnlSocket, ch: Changes, devs: Devices) -> ApplyResult:
 
 def _encode(obj, removal: bool, idx: dict[str, int]) -> bytes:
     if isinstance(obj, Route):
-        addr, plen = obj.dst.split("/")
-        if removal:
-            return nl.route_delete(addr, int(plen))
-        return nl.route_replace(addr, int(plen), obj.gateway, idx[obj.dev], obj.onlink)
+        return nl.route_delete(obj) if removal else nl.route_replace(obj, idx[obj.dev])
     if isinstance(obj, Fdb):
         encode = nl.fdb_delete if removal else nl.fdb_replace
         return encode(idx[obj.dev], obj.mac, obj.dst)
@@ -114,10 +112,10 @@ def _encode(obj, removal: bool, idx: dict[str, int]) -> bytes:
     return encode(idx[obj.dev], obj.ip, obj.mac)
 
 
-def directly_connected(sock: nl.RtnlSocket, ips: list[str], uplink_index: int) -> set[str]:
+def directly_connected(sock: NetlinkSocket, ips: list[str], uplink_index: int) -> set[str]:
     """Peers reached on the uplink without a gateway (flannel's DirectRouting test)."""
     if not ips:
         return set()
-    found = sock.lookup_routes(ips)
+    found = nl.lookup_routes(sock, ips)
     return {ip for ip, r in found.items()
             if r is not None and not r.gateway and r.oif == uplink_index}

@@ -18,8 +18,8 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from daemon import netlink as nl
-from daemon.dataplane.planner import Fdb, Neigh, Route
+from cni_plugin import netlink as nl
+from cni_plugin.netlink import Fdb, Neigh, NetlinkSocket, Route
 
 if TYPE_CHECKING:
     from daemon.dataplane.backend import KernelBackend
@@ -28,14 +28,13 @@ log = logging.getLogger(__name__)
 
 GROUPS = (nl.GRP_LINK | nl.GRP_NEIGH | nl.GRP_IPV4_IFADDR | nl.GRP_IPV6_IFADDR
           | nl.GRP_IPV4_ROUTE | nl.GRP_IPV6_ROUTE)
-IFF_UP = 0x1
 
 
 class KernelWatch(threading.Thread):
     def __init__(self, backend: KernelBackend, callback: Callable[[], None]):
         super().__init__(name="kernel-watch", daemon=True)
         self.backend, self.callback = backend, callback
-        self.sock = nl.RtnlSocket(groups=GROUPS)  # created here: in the caller's netns
+        self.sock = NetlinkSocket(groups=GROUPS, rcvbuf=64 << 20)  # created here: in the caller's netns
         self.sock.sock.settimeout(0.5)  # wake up now and then to notice stop()
         self.own_port = backend.netlink_port
         self._stop = threading.Event()
@@ -81,7 +80,8 @@ class KernelWatch(threading.Thread):
             return ""
         devs, wanted = applied
         if mtype in (nl.RTM_NEWLINK, nl.RTM_DELLINK):
-            index, flags, change, name = nl.parse_link(buf, off, end)
+            link = nl.parse_link(buf, off, end)
+            index, name = link.index, link.name
             ours = name in devs.vteps or name == devs.uplink or index in devs.by_index
             if not ours:
                 return ""
@@ -89,26 +89,28 @@ class KernelWatch(threading.Thread):
                 return f"link {name} deleted"
             if devs.by_name.get(name) != index:
                 return f"link {name} recreated with index {index}"
-            if change & IFF_UP:  # down (repair it) or back up (host-gw routes were flushed)
-                return f"link {name} went {'up' if flags & IFF_UP else 'down'}"
+            if nl.link_changed(buf, off) & nl.IFF_UP:  # down (repair it) or back up (host-gw routes were flushed)
+                return f"link {name} went {'up' if link.up else 'down'}"
             return ""
         if mtype == nl.RTM_DELADDR:
-            index = nl._U32.unpack_from(buf, off + 4)[0]  # ifaddrmsg: family, plen, flags, scope, index
+            index = nl.parse_address(buf, off, end).index
             return f"address removed from {devs.name(index)}" if devs.name(index) in devs.vteps else ""
         if mtype in (nl.RTM_NEWNEIGH, nl.RTM_DELNEIGH):
             n = nl.parse_neigh(buf, off, end)
             dev = devs.by_index.get(n.ifindex)
-            if dev not in devs.vteps or not n.ip:
-                return ""
-            if not n.mac:  # `ip neigh del` of a permanent entry: NEW then DEL, FAILED, no lladdr
-                want = wanted.neighs.get((dev, n.ip)) if n.family != nl.AF_BRIDGE else None
-                return f"wanted {_show(want)} deleted" if want is not None else ""
-            if n.family == nl.AF_BRIDGE:
-                obj, want = Fdb(dev, n.mac, n.ip), wanted.fdbs.get((dev, n.mac))
+            if isinstance(n, Fdb):
+                if dev not in devs.vteps or not n.dst or not n.mac:
+                    return ""
+                obj, want, permanent = Fdb(dev, n.mac, n.dst), wanted.fdbs.get((dev, n.mac)), True
             else:
+                if dev not in devs.vteps or not n.ip:
+                    return ""
+                if not n.mac:  # `ip neigh del` of a permanent entry: NEW then DEL, FAILED, no lladdr
+                    want = wanted.neighs.get((dev, n.ip))
+                    return f"wanted {_show(want)} deleted" if want is not None else ""
                 obj, want = Neigh(dev, n.ip, n.mac), wanted.neighs.get((dev, n.ip))
-            return _judge(mtype == nl.RTM_DELNEIGH, obj, want,
-                          n.state & nl.NUD_PERMANENT or n.family == nl.AF_BRIDGE)
+                permanent = n.state & nl.NUD_PERMANENT
+            return _judge(mtype == nl.RTM_DELNEIGH, obj, want, permanent)
         if mtype in (nl.RTM_NEWROUTE, nl.RTM_DELROUTE):
             r = nl.parse_route(buf, off, end)
             if r.table != nl.RT_TABLE_MAIN or r.protocol == nl.RTPROT_KERNEL:
@@ -133,4 +135,5 @@ def _judge(deleted: bool, obj, want, permanent) -> str:
 
 
 def _show(obj) -> str:
-    return type(obj).__name__.lower() + " " + " ".join(str(v) for v in obj)
+    shown = obj[:4] if isinstance(obj, Route) else obj[:3]  # what the plan names, not the kernel's extras
+    return type(obj).__name__.lower() + " " + " ".join(str(v) for v in shown)

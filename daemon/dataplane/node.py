@@ -7,7 +7,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from daemon import netlink as nl
+from cni_plugin import netlink as nl
+from cni_plugin.netlink import NetlinkSocket
 from daemon.dataplane.backend import DataplaneError
 
 if TYPE_CHECKING:
@@ -35,14 +36,12 @@ def discover_node(iface: str | None = None, public_ip: str | None = None,
     `iface` by name or address, else `iface_regex` (see match_iface_regex), else the
     route to `can_reach`, else the interface holding `public_ip`, else the one of the
     default route. `families` are the address families of the network (regex matching)."""
-    from daemon import links
-
-    sock = nl.RtnlSocket()
+    sock = NetlinkSocket()
     try:
-        addrs = [(a.index, a.family, a.address, a.prefixlen) for a in links.addresses(sock)]
+        addrs = [(a.index, a.family, a.address, a.prefixlen) for a in nl.addresses(sock)]
         index, chosen = None, {}  # chosen: family -> the address the selector picked
         if iface:
-            found = links.get_link(sock, name=iface)
+            found = nl.get_link(sock, name=iface)
             index = found.index if found else _holder(addrs, iface)
             if index is None:
                 raise DataplaneError(f"--iface {iface}: no such interface or address in this node")
@@ -56,7 +55,7 @@ def discover_node(iface: str | None = None, public_ip: str | None = None,
             index = _default_route_iface(sock)
         if index is None:
             raise DataplaneError("no default route: pass --iface to choose the node's interface")
-        link = links.get_link(sock, index=index)
+        link = nl.get_link(sock, index=index)
         if link is None:
             raise DataplaneError(f"interface #{index} vanished while looking at it")
         name, mtu = link.name, link.mtu
@@ -100,11 +99,9 @@ def match_iface_regex(pattern: "re.Pattern[str]", ifaces: list[tuple[int, str]],
     return next(((index, {}) for index, name in ifaces if pattern.search(name)), None)
 
 
-def _regex_choice(sock: nl.RtnlSocket, regex: str, addrs,
+def _regex_choice(sock: NetlinkSocket, regex: str, addrs,
                   families: tuple[int, ...]) -> tuple[int, dict[int, str]]:
-    from daemon import links
-
-    ifaces = sorted((link.index, link.name) for link in links.all_links(sock))
+    ifaces = sorted((link.index, link.name) for link in nl.all_links(sock))
     match = match_iface_regex(re.compile(regex), ifaces, addrs, families)
     if match is None:
         seen = "; ".join(f"{name} [{' '.join(a for i, _f, a, _p in addrs if i == index)}]"
@@ -114,11 +111,11 @@ def _regex_choice(sock: nl.RtnlSocket, regex: str, addrs,
     return match
 
 
-def _route_choice(sock: nl.RtnlSocket, target: str) -> tuple[int, dict[int, str]]:
+def _route_choice(sock: NetlinkSocket, target: str) -> tuple[int, dict[int, str]]:
     """The interface and source address of the kernel's route to `target` (flanneld's
     --iface-can-reach)."""
     try:
-        route, source = sock.route_to(target)
+        route, source = nl.route_to(sock, target)
     except OSError as e:
         raise DataplaneError(f"--iface-can-reach {target}: no route to it "
                              f"({e.strerror or e})") from None
@@ -132,9 +129,9 @@ def _holder(addrs, ip: str) -> int | None:
     return next((i for i, _f, a, _p in addrs if a == ip), None)
 
 
-def _default_route_iface(sock: nl.RtnlSocket) -> int | None:
+def _default_route_iface(sock: NetlinkSocket) -> int | None:
     for family in (socket.AF_INET, socket.AF_INET6):
-        for r in sock.routes(family):
+        for r in nl.routes(sock, family):
             if r.table == nl.RT_TABLE_MAIN and r.dst.endswith("/0") and r.oif:
                 return r.oif
     return None

@@ -4,7 +4,8 @@ No IO here. `plan()` turns the set of remote leases into the neighbour, FDB and
 route entries this node should hold; `diff()` compares that with what the kernel
 holds (read by daemon.dataplane.kernel) and returns the changes in the order they must be
 applied: per peer neighbour, FDB, then route; removals in reverse.
-Devices are named, not indexed, so a recreated flannel.1 changes nothing here.
+Devices are named, not indexed, so a recreated flannel.1 changes nothing here. The
+objects are cni_plugin.netlink's Neigh, Fdb and Route: the types a kernel read parses into.
 """
 from __future__ import annotations
 
@@ -13,32 +14,11 @@ import socket
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
 
+from cni_plugin.netlink import Fdb, Neigh, Route
 from conf.flannel import Lease
 
 VXLAN, HOST_GW = "vxlan", "host-gw"
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-
-
-class Neigh(NamedTuple):
-    """`ip neigh replace <ip> lladdr <mac> dev <dev> nud permanent`."""
-    dev: str
-    ip: str
-    mac: str
-
-
-class Fdb(NamedTuple):
-    """`bridge fdb replace <mac> dev <dev> dst <dst> self permanent`."""
-    dev: str
-    mac: str
-    dst: str
-
-
-class Route(NamedTuple):
-    """`ip route replace <dst> via <gateway> dev <dev> [onlink]`."""
-    dst: str
-    gateway: str
-    dev: str
-    onlink: bool
 
 
 @dataclass(frozen=True)

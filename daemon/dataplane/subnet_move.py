@@ -15,8 +15,7 @@ import ipaddress
 import logging
 import socket
 
-from cni_plugin import rtnl
-from daemon import links
+from cni_plugin import netlink as nl
 
 log = logging.getLogger("flanneletted")
 
@@ -46,23 +45,23 @@ def move_bridge_gateway(bridge: str, gateways: dict) -> list[str]:
     not the new gateway and add the new gateway; returns what was removed, as text."""
     if not bridge:
         return []
-    sock = rtnl.RtnlSocket()
+    sock = nl.NetlinkSocket()
     try:
-        link = links.get_link(sock, name=bridge)
+        link = nl.get_link(sock, name=bridge)
         if link is None or link.kind != "bridge":
             return []
         removed = []
         for family, (gateway, network) in gateways.items():
             have = False
-            for a in links.addresses(sock, family, link.index):
+            for a in nl.addresses(sock, family, link.index):
                 addr = ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
                 if addr == gateway:
                     have = True
                 elif addr.ip in network:
-                    links.delete_address(sock, link.index, a.address, a.prefixlen)
+                    nl.delete_address(sock, link.index, a.address, a.prefixlen)
                     removed.append(str(addr))
             if not have:
-                links.add_address(sock, link.index, str(gateway.ip), gateway.network.prefixlen)
+                nl.add_address(sock, link.index, str(gateway.ip), gateway.network.prefixlen)
         return removed
     finally:
         sock.close()

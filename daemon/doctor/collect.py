@@ -1,7 +1,6 @@
 """The path doctor's IO shell: read the facts of one path, change nothing.
 
-Kernel objects come through our own rtnetlink code (cni_plugin/links.py for the pod
-side, daemon/links.py and daemon/netlink.py for the node), bridge-port flags and
+Kernel objects come through our own rtnetlink code (cni_plugin/netlink), bridge-port flags and
 sysctls from /sys and /proc/sys of this (the node's) namespace, leases from etcd
 (daemon/etcd/registry.py: reads only), iptables from `iptables-*-save` without `-t` (with `-t`
 the legacy tool would create a missing table). The probes are ICMP echoes to the peer,
@@ -19,13 +18,11 @@ import struct
 import subprocess
 from typing import Optional
 
-from cni_plugin import links as pod_links
+from cni_plugin import netlink as nl
+from cni_plugin.netlink import Fdb, NetlinkError, NetlinkSocket, Route
 from cni_plugin.podns import netlink_in
-from cni_plugin.rtnl import NetlinkError, RtnlSocket
 from conf.flannel import Lease, load_lease
-from daemon import links as node_links
-from daemon import netlink as nl
-from daemon.doctor.facts import Iface, LeaseFacts, PathFacts, Probes, Route
+from daemon.doctor.facts import Iface, LeaseFacts, PathFacts, Probes
 from daemon.etcd.registry import Registry, RegistryError
 
 SIOCETHTOOL, ETHTOOL_GTXCSUM = 0x8946, 0x16
@@ -36,30 +33,28 @@ def read_pod(f: PathFacts, pod_fd: int, ifname: str) -> Optional[int]:
     """Fill the pod side; returns the host veth's ifindex (IFLA_LINK of the pod end)."""
     sock = netlink_in(pod_fd)
     try:
-        link = pod_links.get_link(sock, ifname)
+        link = nl.get_link(sock, ifname)
         if link is None:
             return None
-        addrs = [a for a in pod_links.link_addresses(sock, link.index) if a.version == 4]
+        addrs = [a.interface for a in nl.addresses(sock, nl.AF_INET, link.index)]
         f.pod_iface = Iface(ifname, link.index, link.up, link.mtu, link.mac, addresses=addrs)
-        f.pod_routes = [Route(dst, gw, ifname) for dst, gw in pod_links.pod_routes(sock, link.index)
-                        if dst.version == 4]
+        f.pod_routes = [Route(r.dst, r.gateway, ifname, r.onlink) for r in nl.routes(sock, nl.AF_INET)
+                        if r.oif == link.index and r.table == nl.RT_TABLE_MAIN]
         return link.peer_index or None
     finally:
         sock.close()
 
 
-def _iface(sock: RtnlSocket, name: str = "", index: int = 0) -> Optional[Iface]:
-    link = node_links.get_link(sock, name=name, index=index)
+def _iface(sock: NetlinkSocket, name: str = "", index: int = 0) -> Optional[Iface]:
+    link = nl.get_link(sock, name=name, index=index)
     if link is None:
         return None
-    full = pod_links.get_link(sock, link.name)  # has IFLA_MASTER
     master = ""
-    if full is not None and full.master:
-        up = node_links.get_link(sock, index=full.master)
-        master = up.name if up else str(full.master)
-    addrs = [ipaddress.ip_interface(f"{a.address}/{a.prefixlen}")
-             for a in node_links.addresses(sock, socket.AF_INET, link.index)]
-    return Iface(link.name, link.index, bool(link.flags & 1), link.mtu, link.mac, master,
+    if link.master:
+        up = nl.get_link(sock, index=link.master)
+        master = up.name if up else str(link.master)
+    addrs = [a.interface for a in nl.addresses(sock, socket.AF_INET, link.index)]
+    return Iface(link.name, link.index, link.up, link.mtu, link.mac, master,
                  _hairpin(link.name) if master else None, addrs)
 
 
@@ -78,21 +73,21 @@ def _read_text(path: str) -> Optional[str]:
 
 def read_node(f: PathFacts, veth_index: Optional[int]) -> None:
     """cni0, the veth, flannel.1 and its uplink, routes, neighbours and FDB of this node."""
-    sock = nl.RtnlSocket()
+    sock = NetlinkSocket()
     try:
         _read_node(sock, f, veth_index)
     finally:
         sock.close()
 
 
-def _read_node(sock: nl.RtnlSocket, f: PathFacts, veth_index: Optional[int]) -> None:
+def _read_node(sock: NetlinkSocket, f: PathFacts, veth_index: Optional[int]) -> None:
     if veth_index:
         f.veth = _iface(sock, index=veth_index)
     f.bridge = _iface(sock, f.bridge_name)
-    names = {link.index: link.name for link in node_links.all_links(sock)}
-    f.node_routes = [Route(ipaddress.ip_network(r.dst), r.gateway, names.get(r.oif, ""), r.onlink)
-                     for r in sock.routes(socket.AF_INET) if r.table == nl.RT_TABLE_MAIN]
-    vtep_link = node_links.get_link(sock, "flannel.1")
+    names = {link.index: link.name for link in nl.all_links(sock)}
+    f.node_routes = [Route(r.dst, r.gateway, names.get(r.oif, ""), r.onlink)
+                     for r in nl.routes(sock, socket.AF_INET) if r.table == nl.RT_TABLE_MAIN]
+    vtep_link = nl.get_link(sock, "flannel.1")
     if vtep_link is not None:
         f.vtep = _iface(sock, "flannel.1")
         if vtep_link.vxlan and vtep_link.vxlan.port:
@@ -100,12 +95,12 @@ def _read_node(sock: nl.RtnlSocket, f: PathFacts, veth_index: Optional[int]) -> 
         uplink = vtep_link.vxlan.link if vtep_link.vxlan else None
         if uplink:
             f.uplink = _iface(sock, index=uplink)
-        for n in sock.neighbours(socket.AF_INET):
+        for n in nl.neighbours(sock, socket.AF_INET):
             if n.ifindex == vtep_link.index and n.state & nl.NUD_PERMANENT:
                 f.neighbours[n.ip] = n.mac
-        for n in sock.neighbours(socket.AF_BRIDGE):
-            if n.ifindex == vtep_link.index and n.ip:
-                f.fdb[n.mac] = n.ip
+        for n in nl.neighbours(sock, socket.AF_BRIDGE):
+            if isinstance(n, Fdb) and n.ifindex == vtep_link.index and n.dst:
+                f.fdb[n.mac] = n.dst
     if f.uplink is None:
         f.uplink = _default_uplink(sock, f)
     if f.uplink is not None:
@@ -113,18 +108,18 @@ def _read_node(sock: nl.RtnlSocket, f: PathFacts, veth_index: Optional[int]) -> 
     pod_ip = next((str(a.ip) for a in (f.pod_iface.addresses if f.pod_iface else [])), "")
     for source in filter(None, (pod_ip, str(f.dest))):
         try:
-            route, _src = sock.route_to(source)
+            route, _src = nl.route_to(sock, source)
             f.reverse_dev[source] = names.get(route.oif, "")
         except NetlinkError:
             f.reverse_dev[source] = ""
 
 
-def _default_uplink(sock: RtnlSocket, f: PathFacts) -> Optional[Iface]:
+def _default_uplink(sock: NetlinkSocket, f: PathFacts) -> Optional[Iface]:
     """host-gw, or no flannel.1: the interface the peer's public IP is reached through."""
     if f.lease is None:
         return None
     try:
-        route, _src = sock.route_to(f.lease.public_ip)
+        route, _src = nl.route_to(sock, f.lease.public_ip)
     except NetlinkError:
         return None
     return _iface(sock, index=route.oif)

@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
+from cni_plugin.netlink import Route
+
 
 @dataclass
 class Iface:
@@ -22,14 +24,6 @@ class Iface:
     master: str = ""  # the bridge a port is enslaved to, "" when none
     hairpin: Optional[bool] = None  # bridge ports only
     addresses: list[ipaddress.IPv4Interface] = field(default_factory=list)
-
-
-@dataclass
-class Route:
-    dst: ipaddress.IPv4Network
-    gateway: str = ""  # "" when directly connected
-    dev: str = ""
-    onlink: bool = False
 
 
 @dataclass
@@ -67,7 +61,7 @@ class PathFacts:
     dest_subnet: Optional[ipaddress.IPv4Network] = None
     # the pod side
     pod_iface: Optional[Iface] = None
-    pod_routes: list[Route] = field(default_factory=list)
+    pod_routes: list[Route] = field(default_factory=list)  # cni_plugin.netlink's, `dev` named
     # the node side
     veth: Optional[Iface] = None
     bridge: Optional[Iface] = None

@@ -11,8 +11,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
+from cni_plugin.netlink import Route
 from conf.flannel import VXLAN_OVERHEAD
-from daemon.doctor.facts import PathFacts, Route
+from daemon.doctor.facts import PathFacts
 
 CSUM_FIXED_IN = (5, 7)  # netfilter: nat: never update the UDP checksum when it's 0 (flannel #1279)
 
@@ -81,8 +82,8 @@ def pod_address(f: PathFacts) -> Hop:
 
 
 def _best_route(routes: list[Route], dest: ipaddress.IPv4Address) -> Optional[Route]:
-    matching = [r for r in routes if dest in r.dst]
-    return max(matching, key=lambda r: r.dst.prefixlen) if matching else None
+    matching = [r for r in routes if dest in ipaddress.ip_network(r.dst)]
+    return max(matching, key=lambda r: ipaddress.ip_network(r.dst).prefixlen) if matching else None
 
 
 def pod_routes(f: PathFacts) -> Hop:
@@ -93,7 +94,7 @@ def pod_routes(f: PathFacts) -> Hop:
         return Hop("pod-routes", False, expected, f"no route to {f.dest} in the pod",
                    _in_pod(f, f"ip route add {f.network} via {gw} dev eth0"))
     found = f"{best.dst} via {best.gateway}" if best.gateway else f"{best.dst} on-link"
-    ok = best.gateway == gw or (not best.gateway and f.dest in best.dst and f.dest in f.subnet_gateway.network)
+    ok = best.gateway == gw or (not best.gateway and f.dest in ipaddress.ip_network(best.dst) and f.dest in f.subnet_gateway.network)
     fix = "" if ok else _in_pod(f, f"ip route replace {best.dst} via {gw} dev eth0")
     return Hop("pod-routes", ok, expected, found, fix)
 
@@ -148,7 +149,7 @@ def _route_text(r: Route) -> str:
 def node_route(f: PathFacts) -> Optional[Hop]:
     if f.local:
         subnet = f.subnet_gateway.network
-        found = [r for r in f.node_routes if r.dst == subnet]
+        found = [r for r in f.node_routes if r.dst == str(subnet)]
         ok = any(r.dev == f.bridge_name and not r.gateway for r in found)
         return Hop("node-route", ok, f"{subnet} dev {f.bridge_name}",
                    "; ".join(map(_route_text, found)) or f"no route for {subnet}",
@@ -167,7 +168,7 @@ def node_route(f: PathFacts) -> Optional[Hop]:
         expected = f"{subnet} via {subnet.network_address} dev flannel.1 onlink"
         ok_route = lambda r: (r.gateway == str(subnet.network_address)  # noqa: E731
                               and r.dev == "flannel.1" and r.onlink)
-    found = [r for r in f.node_routes if r.dst == subnet]
+    found = [r for r in f.node_routes if r.dst == str(subnet)]
     ok = any(ok_route(r) for r in found)
     fix = ""
     if not ok:

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from cni_plugin.links import host_veth_name
+from cni_plugin.attachment import host_veth_name
 from tests.e2e.cluster import Cluster, ClusterSpec
 from tests.e2e.node import Node, Pod, ping_counts
 from tests.support.etcd_cluster import EtcdCluster

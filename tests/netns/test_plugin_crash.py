@@ -22,7 +22,7 @@ from typing import Optional
 
 import pytest
 
-from cni_plugin.links import host_veth_name
+from cni_plugin.attachment import host_veth_name
 from tests.support.crash import (aftermath, audit_stores, crash_rng, kill_after, links_seen_by, start_plugin,
                                  summary, timed, trial_count)
 

@@ -1,4 +1,4 @@
-"""links.remove_link (DEL): returns once the link has left the netns, reports refusals."""
+"""attachment.remove_link (DEL): returns once the link has left the netns, reports refusals."""
 import os
 import sys
 import textwrap
@@ -10,18 +10,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from cni_plugin import links
+    from cni_plugin import attachment
     from cni_plugin.podns import host_netlink
     from conf.errors import CniError
-    ipr = host_netlink()
-    assert links.remove_link(ipr, "flt-veth-a") is True
-    assert links.get_link(ipr, "flt-veth-a") is None and links.get_link(ipr, "flt-veth-b") is None
-    assert links.remove_link(ipr, "flt-veth-a") is False  # already gone: DEL succeeds
+    node_sock = host_netlink()
+    assert attachment.remove_link(node_sock, "flt-veth-a") is True
+    assert attachment.get_link(node_sock, "flt-veth-a") is None and attachment.get_link(node_sock, "flt-veth-b") is None
+    assert attachment.remove_link(node_sock, "flt-veth-a") is False  # already gone: DEL succeeds
     try:
-        links.remove_link(ipr, "lo")  # the kernel never deletes lo
+        attachment.remove_link(node_sock, "lo")  # the kernel never deletes lo
     except CniError as e:
         print("refused:", e.msg)
-    assert links.get_link(ipr, "lo") is not None
+    assert attachment.get_link(node_sock, "lo") is not None
 """)
 
 

@@ -72,7 +72,7 @@ def test_the_frozen_shim_starts_without_the_plugin_stack():
     assert traced.stderr.count(b"execve(") == 1  # no bootloader restart
     full = CArchiveReader(str(onedir / "flannelette-full"))
     full_modules = set(full.open_embedded_archive("PYZ.pyz").toc)
-    assert {"cni_plugin.handlers", "cni_plugin.rtnl", "cni_plugin.status", "ipam.main", "pydantic"} <= full_modules
+    assert {"cni_plugin.handlers", "cni_plugin.netlink", "cni_plugin.status", "ipam.main", "pydantic"} <= full_modules
     assert not any(m.split(".")[0] == "pyroute2" for m in full_modules)  # hand-packed netlink only
     assert not any(m.split(".")[0] in ("daemon", "grpc", "pyetcd", "google") for m in full_modules)
 

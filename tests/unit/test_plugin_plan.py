@@ -9,7 +9,7 @@ from conf.cni import IPConfig, Result, Route, load_model, load_result
 from conf.errors import InvalidConfigError
 from conf.flannel import parse_subnet_env
 from conf.plugin import PluginConf
-from cni_plugin.links import host_veth_name, random_mac
+from cni_plugin.attachment import host_veth_name, random_mac
 from cni_plugin.plan import bridge_gateways, build_result, effective_mtu, plan_pod
 
 V4_ENV = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"

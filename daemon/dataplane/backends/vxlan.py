@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs, ensure_dir, write_atomic
-from daemon import links
+from cni_plugin import netlink as nl
 from daemon.dataplane import kernel
 from daemon.dataplane.backend import DataplaneError, KernelBackend
 from daemon.dataplane.planner import VXLAN, Topology
@@ -134,10 +134,10 @@ def stable_mac(state_dir: str, dev: str, public_ip) -> str:
     return mac
 
 
-# ---------------------------------------------------------------- device helpers (daemon.links)
+# ---------------------------------------------------------------- device helpers (cni_plugin.netlink)
 
 
-def vtep_mismatch(link: links.Link, spec: VtepSpec) -> str:
+def vtep_mismatch(link: nl.Link, spec: VtepSpec) -> str:
     """Why an existing link cannot serve as `spec`; "" when it can (flannel's check)."""
     if link.kind != "vxlan" or link.vxlan is None:
         return f"it is a {link.kind or 'non-vxlan'} device"
@@ -162,24 +162,24 @@ def _norm_ip(ip) -> str:
 
 def ensure_vtep(sock, spec: VtepSpec, mac: str) -> tuple[int, str]:
     """(ifindex, why it was (re)created or "" when an existing device was kept)."""
-    link = links.get_link(sock, name=spec.name)
+    link = nl.get_link(sock, name=spec.name)
     why = "it did not exist"
     if link is not None:
         why = vtep_mismatch(link, spec)
         if not why:
             if link.mtu != spec.mtu:
-                links.set_link(sock, link.index, mtu=spec.mtu)
+                nl.set_link(sock, link.index, mtu=spec.mtu)
             return link.index, ""
         log.warning("%s exists but %s; recreating it", spec.name, why)
-        links.delete_link(sock, link.index)
+        nl.delete_link(sock, index=link.index)
     else:
         log.info("creating %s (VNI %d, local %s, dstport %d%s)", spec.name, spec.vni, spec.local,
                  spec.port, "" if spec.udp_csum is None else
                  f", UDP checksums {'on' if spec.udp_csum else 'off'}")
-    links.add_vxlan(sock, spec.name, spec.vni, spec.link, spec.local, spec.port, spec.learning,
-                    spec.gbp, mac, spec.mtu, spec.udp_csum)
+    nl.add_link(sock, nl.Link(0, spec.name, mtu=spec.mtu, mac=mac, kind="vxlan", vxlan=nl.Vxlan(
+        spec.vni, spec.link, spec.local, spec.port, spec.learning, spec.gbp, spec.udp_csum)))
     _sysctl(f"/proc/sys/net/ipv6/conf/{spec.name}/accept_ra", "0")
-    created = links.get_link(sock, name=spec.name)
+    created = nl.get_link(sock, name=spec.name)
     if created is None:
         raise DataplaneError(f"{spec.name} vanished right after its creation")
     return created.index, why
@@ -189,27 +189,27 @@ def ensure_address(sock, index: int, family: int, addr, network) -> None:
     """Exactly `addr`/32 (/128) among our link's addresses inside `network`."""
     plen = 32 if family == socket.AF_INET else 128
     have = False
-    for a in links.addresses(sock, family, index):
+    for a in nl.addresses(sock, family, index):
         ip, p = a.address, a.prefixlen
         if ipaddress.ip_address(ip) == addr and p == plen:
             have = True
         elif network is not None and ipaddress.ip_address(ip) in network:
             log.info("removing stale address %s/%d from link %d", ip, p, index)
-            links.delete_address(sock, index, ip, p)
+            nl.delete_address(sock, index, ip, p)
     if not have:
-        links.add_address(sock, index, str(addr), plen)
+        nl.add_address(sock, index, str(addr), plen)
 
 
 def ensure_up(sock, index: int, mac: str) -> None:
-    link = links.get_link(sock, index=index)
+    link = nl.get_link(sock, index=index)
     if link is None:
         raise DataplaneError(f"link {index} vanished")
-    if not link.flags & 1:  # IFF_UP
-        links.set_link(sock, index, up=True)
-        link = links.get_link(sock, index=index) or link
+    if not link.up:
+        nl.set_link(sock, index, up=True)
+        link = nl.get_link(sock, index=index) or link
     if link.mac != mac:  # udev MACAddressPolicy may rewrite it (flannel #1795)
         log.warning("link %d has MAC %s, want %s; setting it back", index, link.mac, mac)
-        links.set_link(sock, index, mac=mac)
+        nl.set_link(sock, index, mac=mac)
 
 
 def _sysctl(path: str, value: str) -> None:
