@@ -5,7 +5,8 @@ import ipaddress
 
 import pytest
 
-from daemon.doctor import Iface, LeaseFacts, PathFacts, Probes, Route, diagnose
+from cni_plugin.netlink import Route
+from daemon.doctor import Iface, PathFacts, LeaseFacts, Probes, diagnose
 from daemon.doctor.cli import plugin_conf, render
 
 IP = ipaddress.ip_interface
@@ -33,11 +34,11 @@ def healthy(**changes) -> PathFacts:
         network=NET("10.244.0.0/16"), subnet_gateway=IP("10.244.1.1/24"), mtu=1450,
         dest_subnet=NET("10.244.2.0/24"),
         pod_iface=Iface("eth0", 2, True, 1450, addresses=[IP("10.244.1.2/24")]),
-        pod_routes=[Route(NET("10.244.1.0/24"), "", "eth0"), Route(NET("0.0.0.0/0"), "10.244.1.1", "eth0")],
+        pod_routes=[Route("10.244.1.0/24", "", "eth0"), Route("0.0.0.0/0", "10.244.1.1", "eth0")],
         veth=Iface("veth0123abcd", 5, True, 1450, master="cni0", hairpin=True),
         bridge=Iface("cni0", 4, True, 1450, addresses=[IP("10.244.1.1/24")]),
-        node_routes=[Route(NET("10.244.1.0/24"), "", "cni0"),
-                     Route(NET("10.244.2.0/24"), "10.244.2.0", "flannel.1", True)],
+        node_routes=[Route("10.244.1.0/24", "", "cni0"),
+                     Route("10.244.2.0/24", "10.244.2.0", "flannel.1", True)],
         vtep=Iface("flannel.1", 3, True, 1450), uplink=Iface("eth0", 2, True, 1500),
         uplink_networks=[NET("192.168.50.0/24")],
         neighbours={"10.244.2.0": VTEP_MAC}, fdb={VTEP_MAC: "192.168.50.12"},
@@ -71,16 +72,16 @@ def test_a_healthy_vxlan_path_is_sound_and_lists_every_hop_in_order():
     ("pod-interface", {"pod_iface": None}),
     ("pod-interface", {"pod_iface": Iface("eth0", 2, True, 1400, addresses=[IP("10.244.1.2/24")])}),
     ("pod-address", {"pod_iface": Iface("eth0", 2, True, 1450, addresses=[IP("10.244.7.2/24")])}),
-    ("pod-routes", {"pod_routes": [Route(NET("10.244.1.0/24"), "", "eth0")]}),
-    ("pod-routes", {"pod_routes": [Route(NET("0.0.0.0/0"), "10.244.1.9", "eth0")]}),
+    ("pod-routes", {"pod_routes": [Route("10.244.1.0/24", "", "eth0")]}),
+    ("pod-routes", {"pod_routes": [Route("0.0.0.0/0", "10.244.1.9", "eth0")]}),
     ("veth", {"veth": None}),
     ("veth", {"veth": Iface("veth0123abcd", 5, True, 1450, master="", hairpin=None)}),
     ("veth", {"veth": Iface("veth0123abcd", 5, True, 1450, master="cni0", hairpin=False)}),
     ("veth", {"veth": Iface("veth0123abcd", 5, False, 1450, master="cni0", hairpin=True)}),
     ("bridge", {"bridge": Iface("cni0", 4, False, 1450, addresses=[IP("10.244.1.1/24")])}),
     ("bridge", {"bridge": Iface("cni0", 4, True, 1450, addresses=[IP("10.244.9.1/24")])}),
-    ("node-route", {"node_routes": [Route(NET("10.244.1.0/24"), "", "cni0")]}),
-    ("node-route", {"node_routes": [Route(NET("10.244.2.0/24"), "192.168.50.12", "eth0")]}),
+    ("node-route", {"node_routes": [Route("10.244.1.0/24", "", "cni0")]}),
+    ("node-route", {"node_routes": [Route("10.244.2.0/24", "192.168.50.12", "eth0")]}),
     ("vxlan-neighbour", {"neighbours": {}}),
     ("vxlan-neighbour", {"neighbours": {"10.244.2.0": "0a:00:00:00:00:99"}}),
     ("vxlan-fdb", {"fdb": {}}),
@@ -136,7 +137,7 @@ def test_a_local_destination_has_no_tunnel_hops():
 
 
 def test_host_gw_wants_a_route_via_the_peer_public_ip_and_no_fdb():
-    gw = [Route(NET("10.244.1.0/24"), "", "cni0"), Route(NET("10.244.2.0/24"), "192.168.50.12", "eth0")]
+    gw = [Route("10.244.1.0/24", "", "cni0"), Route("10.244.2.0/24", "192.168.50.12", "eth0")]
     lease = LeaseFacts(NET("10.244.2.0/24"), "192.168.50.12", "host-gw")
     f = healthy(backend="host-gw", node_routes=gw, lease=lease, vtep=None, neighbours={}, fdb={})
     report = diagnose(f)
@@ -147,7 +148,7 @@ def test_host_gw_wants_a_route_via_the_peer_public_ip_and_no_fdb():
 
 
 def test_direct_routing_uses_the_direct_route_for_an_on_link_peer():
-    direct = [Route(NET("10.244.1.0/24"), "", "cni0"), Route(NET("10.244.2.0/24"), "192.168.50.12", "eth0")]
+    direct = [Route("10.244.1.0/24", "", "cni0"), Route("10.244.2.0/24", "192.168.50.12", "eth0")]
     assert diagnose(healthy(direct_routing=True, node_routes=direct)).ok
     routed = healthy(direct_routing=True, uplink_networks=[NET("192.168.60.0/24")])  # peer behind a router
     assert diagnose(routed).ok  # encapsulated: the vxlan route is right

@@ -24,10 +24,8 @@ DAEMON_FROM_CNI_PLUGIN = {
     "cni_plugin.status": {"lease_entry", "fetch_report"},
     # the doctor looks into a pod's network namespace as the plugin does
     "cni_plugin.podns": {"open_netns", "netlink_in"},
-    # the hand-packed rtnetlink codec and link helpers both sides talk to the kernel with
+    # the hand-packed rtnetlink package both sides talk to the kernel with
     "cni_plugin.netlink": None,
-    "cni_plugin.rtnl": None,
-    "cni_plugin.links": None,
 }
 
 
@@ -83,7 +81,7 @@ def unlisted_cni_plugin_imports(package, allowed):
         for module, name in imports(path):
             if module.split(".")[0] != "cni_plugin":
                 continue
-            if module == "cni_plugin" and name is not None:  # `from cni_plugin import rtnl`
+            if module == "cni_plugin" and name is not None:  # `from cni_plugin import netlink`
                 module, name = f"cni_plugin.{name}", None
             # a name taken from a listed package (`from cni_plugin.netlink.x import y`) is
             # covered by the package's own entry
@@ -128,7 +126,7 @@ def test_the_checker_refuses_what_the_allow_list_does_not_name(tmp_path, monkeyp
     pkg.mkdir()
     (pkg / "m.py").write_text(
         "from cni_plugin.shim import MAGIC, main\n"  # a listed constant and an unlisted function
-        "from cni_plugin import rtnl, state\n"  # a whole listed module and an unlisted one
+        "from cni_plugin import netlink, state\n"  # a whole listed package and an unlisted module
         "import cni_plugin.status\n"  # only some names of it are listed
         "from cni_plugin.netlink.codec import pack\n"  # inside a package listed whole
         "def f():\n    from cni_plugin.handlers import cmd_add\n")

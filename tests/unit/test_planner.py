@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from cni_plugin.netlink import Fdb, Neigh, Route
 from conf.flannel import Lease, LeaseAttrs
-from daemon.dataplane.planner import (HOST_GW, VXLAN, Fdb, KernelState, Neigh, Plan, Route, Topology,
-                            diff, lease_key, plan)
+from daemon.dataplane.planner import HOST_GW, VXLAN, KernelState, Plan, Topology, diff, lease_key, plan
 
 VX = Topology(VXLAN, "eth0", vtep4="flannel.1")
 VX_DUAL = Topology(VXLAN, "eth0", vtep4="flannel.1", vtep6="flannel-v6.1", ipv6=True)
