@@ -43,7 +43,7 @@ def address_message(mtype: int, flags: int, index: int, address: str, prefixlen:
     body += attr(IFA_ADDRESS, raw)
     if family == socket.AF_INET:
         body += attr(IFA_LOCAL, raw)
-        if prefixlen < 31:  # what `ip addr add ... brd +` and the Go plugins set
+        if prefixlen < 31 and mtype == RTM_NEWADDR:  # what `ip addr add ... brd +` and the Go plugins set
             net = ipaddress.IPv4Network((raw, prefixlen), strict=False)
             body += attr(IFA_BROADCAST, net.broadcast_address.packed)
     return message(mtype, flags, body)

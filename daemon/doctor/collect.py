@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import ipaddress
 import os
 import shutil
 import socket

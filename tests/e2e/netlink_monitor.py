@@ -28,11 +28,11 @@ _EVENT_ATTRS = {  # event -> the attributes worth keeping, by pyroute2's names
 
 def _serve() -> None:
     from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        ipr.bind()
+    with IPRoute() as sock:
+        sock.bind()
         print(json.dumps({"event": "ready"}), flush=True)
         while True:
-            for msg in ipr.get():
+            for msg in sock.get():
                 event = msg.get("event")
                 if event not in _EVENT_ATTRS:
                     continue
