@@ -26,8 +26,8 @@ import socket
 from dataclasses import dataclass
 from typing import Optional
 
-from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs, ensure_dir, write_atomic
 from cni_plugin import netlink as nl
+from conf.flannel import VXLAN_OVERHEAD, Lease, LeaseAttrs, ensure_dir, write_atomic
 from daemon.dataplane import kernel
 from daemon.dataplane.backend import DataplaneError, KernelBackend
 from daemon.dataplane.planner import VXLAN, Topology
