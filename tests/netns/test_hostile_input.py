@@ -314,7 +314,7 @@ def test_flannelette_ipam_refuses_hostile_input(node, family):
 
 def test_cni0_keeps_its_mtu_when_the_last_pod_leaves(cni):
     """The bridge driver resets an MTU given at creation to 1500 when its last port leaves;
-    one set after creation is the user's and stays (cni_plugin/links.py ensure_bridge)."""
+    one set after creation is the user's and stays (cni_plugin/attachment.py ensure_bridge)."""
     pod = cni.pod()
     cni.add(pod, "c-mtu")
     assert cni.node_links()["cni0"]["mtu"] == 1450
