@@ -140,9 +140,8 @@ def _stats(samples: list[float]) -> tuple[float, float, float]:
 
 
 def report(results: dict, plots_dir: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tests.bench.plots import pyplot, save
+    plt = pyplot()
 
     n = results["events"]
     lines = ["## Control-plane convergence: lease change in etcd -> kernel of a peer", "",
@@ -175,7 +174,7 @@ def report(results: dict, plots_dir: str) -> str:
             lines.append(f"- {s['background']} leases, {change}: " + ", ".join(
                 f"{k} {percentile(v, 50):.1f} / {percentile(v, 99):.1f}" for k, v in kinds.items()))
     lines.append("")
-    lines.append(f"Load average during the series: " + ", ".join(
+    lines.append("Load average during the series: " + ", ".join(
         f"{s['background']} leases {s['load'][0]:.1f} -> {s['load'][-1]:.1f}" for s in results["series"]))
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
@@ -190,10 +189,7 @@ def report(results: dict, plots_dir: str) -> str:
         ax.set_xlabel("ms")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("events")
-    os.makedirs(plots_dir, exist_ok=True)
-    fig.savefig(os.path.join(plots_dir, "convergence.png"), dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    lines += ["", "![convergence histogram](benchmarks/convergence.png)", ""]
+    lines += ["", f"![convergence histogram]({save(fig, plots_dir, 'convergence.png')})", ""]
     lines.append("Goal p99 < 100 ms: " + ("met in every series." if all(verdicts) else
                                           "NOT met in every series (see the table)."))
     return "\n".join(lines) + "\n"

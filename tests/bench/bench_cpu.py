@@ -106,9 +106,8 @@ def run(seconds: float, tree: str = "") -> dict:
 
 
 def report(results: dict, plots_dir: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tests.bench.plots import pyplot, save
+    plt = pyplot()
 
     rest, churn_ = results["rest"], results["churn"]
     lines = ["## Daemon CPU: seconds per hour with 5000 leases", "",
@@ -138,10 +137,7 @@ def report(results: dict, plots_dir: str) -> str:
     ax.set_ylabel("CPU seconds per hour")
     ax.set_title(f"CPU with {results['leases']} leases")
     ax.legend(fontsize=8)
-    os.makedirs(plots_dir, exist_ok=True)
-    fig.savefig(os.path.join(plots_dir, "cpu.png"), dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    lines += ["", "![daemon CPU seconds per hour](benchmarks/cpu.png)", ""]
+    lines += ["", f"![daemon CPU seconds per hour]({save(fig, plots_dir, 'cpu.png')})", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -165,9 +165,8 @@ def measure(quick: bool) -> dict:
 
 
 def report(results: dict, plots_dir: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tests.bench.plots import pyplot, save
+    plt = pyplot()
 
     joins, floor = results["joins"], results["memory_floor"]
     kf = results["kernel_floor_s"]
@@ -232,10 +231,7 @@ def report(results: dict, plots_dir: str) -> str:
     ax2.set_ylabel("MiB")
     ax2.set_title("daemon memory")
     ax2.legend(fontsize=8)
-    os.makedirs(plots_dir, exist_ok=True)
-    fig.savefig(os.path.join(plots_dir, "scale.png"), dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    lines += ["", "![join time and memory against cluster size](benchmarks/scale.png)", ""]
+    lines += ["", f"![join time and memory against cluster size]({save(fig, plots_dir, 'scale.png')})", ""]
     return "\n".join(lines) + "\n"
 
 
