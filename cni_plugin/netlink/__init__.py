@@ -15,6 +15,9 @@ Public API:
   Address (address.py), Route (route.py), Neigh and Fdb (neigh.py).
 - the numbers (constants.py) and the framing (codec.py: iter_messages, sender_port)
   a notification reader needs.
+Naming: `<object>_<verb>(...)` (link_set, route_replace) only builds the message bytes, so
+callers can put several into one datagram or batch; `<verb>_<object>(sock, ...)` (set_link,
+add_address) sends one request and raises NetlinkError on refusal.
 """
 from cni_plugin.netlink.address import (
     Address, add_address, address_add, address_delete, address_message, addresses, delete_address,
