@@ -165,6 +165,21 @@ def make_subnet_key(v4: Optional[IPv4Net], v6: Optional[IPv6Net] = None) -> str:
     return "&".join(parts)
 
 
+def last_address_int(net) -> int:
+    """int(net.broadcast_address) without computing the property: ipaddress caches it (an
+    address object and an instance __dict__, about 190 bytes) on every lease subnet asked,
+    a megabyte at 5000 leases kept as long as the lease."""
+    return int(net.network_address) | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
+
+
+def net_inside(inner, outer) -> bool:
+    """inner.subnet_of(outer), the same way allocation-free (see last_address_int)."""
+    if inner.version != outer.version or inner.prefixlen < outer.prefixlen:
+        return False
+    shift = outer.max_prefixlen - outer.prefixlen
+    return int(inner.network_address) >> shift == int(outer.network_address) >> shift
+
+
 def parse_subnet_key(key: str) -> tuple[IPv4Net, Optional[IPv6Net]]:
     m = _KEY_RE.match(key.rsplit("/", 1)[-1])
     if not m:

@@ -11,7 +11,7 @@ from typing import Optional
 
 from pydantic import ValidationError
 
-from conf.flannel import Lease, LeaseAttrs, NetworkConfig, parse_subnet_key
+from conf.flannel import Lease, LeaseAttrs, NetworkConfig, net_inside, parse_subnet_key
 
 MAX_LEASE_VALUE = 64 * 1024  # flannel writes about 200 bytes; a bigger value is not a lease
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
@@ -90,7 +90,7 @@ def check_peer_in_network(lease, config: NetworkConfig) -> None:
     for subnet, network in ((lease.subnet, config.network), (lease.ipv6_subnet, config.ipv6_network)):
         # flannel's subnets are at least 2 bits longer than the Network (NetworkConfig's rule)
         if subnet is not None and network is not None and not (
-                subnet.subnet_of(network) and subnet.prefixlen >= network.prefixlen + 2):
+                net_inside(subnet, network) and subnet.prefixlen >= network.prefixlen + 2):
             raise LeaseRejectedError("outside_network", f"subnet {subnet} is not a subnet of the Network {network}")
     for ip, network in ((lease.attrs.public_ip, config.network), (lease.attrs.public_ipv6, config.ipv6_network)):
         if ip is not None and network is not None and ip in network:

@@ -71,8 +71,9 @@ class Schedule:
     `interval`. Pure (the clock is passed in), so tests run it without sockets.
 
     Called 20 times a second: the peers wait in a heap of (last probe, key), rebuilt only
-    when the set of peers changed (or after reset()), so a call costs the few peers it
-    returns, not a sort of the whole cluster. The caller sets last_probe = now on the
+    when their number changed or after reset() (the caller's duty when a peer is added or
+    replaced; one removed leaves the heap as it surfaces), so a call costs the few peers it
+    returns, not a sort or a copy of the whole cluster's keys. The caller sets last_probe = now on the
     peers returned; an entry that disagrees with its peer is corrected when it surfaces."""
 
     def __init__(self, rate: float, interval: float):
@@ -80,11 +81,11 @@ class Schedule:
         self._credit = 0.0
         self._last = None
         self._heap: list[tuple[float, str]] = []
-        self._keys: Optional[set[str]] = None
+        self._size: Optional[int] = None  # len(peers) at the last rebuild
 
     def reset(self) -> None:
-        """Peers were replaced: rebuild the heap at the next call."""
-        self._keys = None
+        """Peers were added or replaced: rebuild the heap at the next call."""
+        self._size = None
 
     def due(self, peers: dict[str, PeerHealth], now: float) -> list[str]:
         if self._last is not None:
@@ -92,10 +93,10 @@ class Schedule:
         else:
             self._credit = 1.0
         self._last = now
-        if self._keys is None or peers.keys() != self._keys:
+        if self._size != len(peers):
             self._heap = [(p.last_probe, key) for key, p in peers.items()]
             heapq.heapify(self._heap)
-            self._keys = set(peers)
+            self._size = len(peers)
         heap, out = self._heap, []
         while heap and len(out) < int(self._credit):
             last, key = heap[0]

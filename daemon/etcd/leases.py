@@ -23,7 +23,8 @@ import threading
 import time
 from typing import Callable, Iterator, Optional
 
-from conf.flannel import Lease, LeaseAttrs, NetworkConfig, SubnetEnv, load_lease, make_subnet_key
+from conf.flannel import (Lease, LeaseAttrs, NetworkConfig, SubnetEnv, last_address_int, load_lease,
+                          make_subnet_key)
 from conf.peer_lease import LeaseRejectedError, check_peer_in_network, load_peer_lease
 from daemon.etcd.holder import HolderFile, HolderRecord, foreign_holder
 from daemon.etcd.peers import PeerLease, compact
@@ -119,7 +120,7 @@ def fits_config(lease: Lease, config: NetworkConfig) -> bool:
 
 def _free(candidates: Iterator, taken: list) -> list:
     """The first RANDOM_POOL candidates overlapping no taken subnet (bisect: 5000 leases are cheap)."""
-    spans = sorted((int(t.network_address), int(t.broadcast_address)) for t in taken)
+    spans = sorted((int(t.network_address), last_address_int(t)) for t in taken)
     starts = [lo for lo, _ in spans]
     reach = list(itertools.accumulate((hi for _, hi in spans), max))  # furthest end so far
     out = []

@@ -213,3 +213,21 @@ def test_udp_checksum_is_absent_unless_given():
         assert load_network_config(json.dumps(base)).backend.udp_checksum is value
     cfg = load_network_config('{"Network": "10.244.0.0/16", "backend": {"udpchecksum": false}}')
     assert cfg.backend.udp_checksum is False
+
+
+def test_net_inside_and_last_address_agree_with_ipaddress_and_cache_nothing():
+    """net_inside is subnet_of (False across versions) and last_address_int the broadcast
+    address, both without leaving cached properties on the subnet."""
+    from conf.flannel import last_address_int, net_inside
+    outers = [ipaddress.ip_network(n) for n in ("10.244.0.0/16", "0.0.0.0/0", "10.244.1.0/24", "fc00::/48")]
+    inners = [ipaddress.ip_network(n) for n in
+              ("10.244.1.0/24", "10.245.0.0/24", "10.244.0.0/16", "10.0.0.0/8", "10.244.1.128/25",
+               "192.168.0.0/32", "fc00:0:0:1::/64", "fc01::/64", "10.244.255.0/24")]
+    for inner in inners:
+        before = dict(vars(inner))
+        assert last_address_int(inner) == int(ipaddress.ip_network(str(inner)).broadcast_address)
+        for outer in outers:
+            copy = ipaddress.ip_network(str(inner))  # subnet_of caches on its operands
+            want = copy.version == outer.version and copy.subnet_of(ipaddress.ip_network(str(outer)))
+            assert net_inside(inner, outer) == want, (inner, outer)
+        assert vars(inner) == before

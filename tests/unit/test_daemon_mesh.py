@@ -101,3 +101,23 @@ def test_the_mesh_gauges_follow_each_change_of_state_and_of_the_peer_set():
     assert (metrics.get("peers_probed"), metrics.get("peers_unreachable")) == (1, 0)
     assert mesh.health["10.244.3.0/24"].target == "192.168.50.3"
     assert mesh.schedule.due(mesh.health, 100.0) == ["10.244.3.0/24"]
+
+
+def test_the_schedule_drops_a_removed_peer_and_takes_an_added_one_after_reset():
+    peers = {"a": PeerHealth("10.244.1.0"), "b": PeerHealth("10.244.2.0")}
+    schedule = Schedule(rate=100, interval=1.0)
+    first = schedule.due(peers, 0.0)
+    assert len(first) == 1
+    peers[first[0]].last_probe = 0.0
+    del peers["a"]
+    peers["c"] = PeerHealth("10.244.3.0")  # as many peers as before: the caller resets
+    schedule.reset()
+    seen = set()
+    for step in range(1, 40):
+        for key in schedule.due(peers, step * 0.05):
+            peers[key].last_probe = step * 0.05
+            seen.add(key)
+    assert seen == {"b", "c"}
+    del peers["b"]  # one fewer: rebuilt without a reset
+    later = {key for step in range(40, 100) for key in schedule.due(peers, step * 0.05)}
+    assert later == {"c"}
