@@ -71,8 +71,9 @@ class Schedule:
     `interval`. Pure (the clock is passed in), so tests run it without sockets.
 
     Called 20 times a second: the peers wait in a heap of (last probe, key), rebuilt only
-    when their number changed or after reset() (the caller's duty when a peer is added or
-    replaced; one removed leaves the heap as it surfaces), so a call costs the few peers it
+    when their number differs from the one it knows or after reset(); the caller tells it of
+    a peer added or replaced (add, pushed without a rebuild) or removed (discard; its entry
+    leaves the heap as it surfaces), so a call costs the few peers it
     returns, not a sort or a copy of the whole cluster's keys. The caller sets last_probe = now on the
     peers returned; an entry that disagrees with its peer is corrected when it surfaces."""
 
@@ -81,11 +82,24 @@ class Schedule:
         self._credit = 0.0
         self._last = None
         self._heap: list[tuple[float, str]] = []
-        self._size: Optional[int] = None  # len(peers) at the last rebuild
+        self._size: Optional[int] = None  # len(peers) the heap stands for
 
     def reset(self) -> None:
         """Peers were added or replaced: rebuild the heap at the next call."""
         self._size = None
+
+    def add(self, key: str, last_probe: float, new: bool) -> None:
+        """One peer came (`new`) or was replaced: queue it without rebuilding the heap."""
+        if self._size is None or len(self._heap) > 2 * self._size + 16:
+            self._size = None  # stale entries of replaced peers piled up: rebuild
+            return
+        heapq.heappush(self._heap, (last_probe, key))
+        self._size += new
+
+    def discard(self) -> None:
+        """One peer went: its heap entry is dropped when it surfaces."""
+        if self._size is not None:
+            self._size -= 1
 
     def due(self, peers: dict[str, PeerHealth], now: float) -> list[str]:
         if self._last is not None:
@@ -184,6 +198,29 @@ class HealthMesh:
         if own is last_own and len(leases) == len(last) and all(map(operator.is_, leases, last)):
             return  # the same lease objects as last round (the watcher replaces a changed one)
         self._synced = (own, leases)
+        if own is not last_own or not self._spelled:
+            self._resync(own, leases)
+            return
+        # the same own lease: only the leases that came, went or were replaced are looked
+        # at, so a lease change costs its own peer, not a pass over the whole cluster
+        # an entry holds its lease, so no other live object has its id: equal ids, same lease
+        spelled, current = self._spelled, dict(zip(map(id, leases), leases))
+        gone = [spelled.pop(i)[1] for i in spelled.keys() - current.keys()]
+        came = {}
+        for i in current.keys() - spelled.keys():
+            lease = current[i]
+            entry = spelled[i] = (lease, str(lease.subnet), probe_target(lease))
+            came[entry[1]] = entry[2]
+        own_subnet = str(own.subnet) if own is not None else None
+        came.pop(own_subnet, None)
+        with self._lock:
+            for subnet in gone:
+                if subnet not in came and subnet in self.health:
+                    self._drop(subnet)
+            self._add(came)
+
+    def _resync(self, own: Optional[Lease], leases: list[Lease]) -> None:
+        """Match the peer set with `leases` in full (at the start, or when our lease moved)."""
         spelled, fresh = self._spelled, {}
         for lease in leases:  # each lease spelled out once: str() of 5000 subnets is slow
             entry = spelled.get(id(lease))
@@ -195,17 +232,26 @@ class HealthMesh:
         wanted = {subnet: target for _, subnet, target in fresh.values() if subnet != own_subnet}
         with self._lock:
             for subnet in set(self.health) - set(wanted):
-                self._count(self.health.pop(subnet).reachable, -1)
-                self._changed.discard(subnet)
-                self.metrics.set("peer_unreachable", 0, peer=subnet)
-            for subnet, target in wanted.items():
-                peer = self.health.get(subnet)
-                if peer is None or peer.target != target:
-                    if peer is not None:
-                        self._count(peer.reachable, -1)
-                        self._changed.add(subnet)
-                    self.health[subnet] = PeerHealth(target)
-                    self.schedule.reset()
+                self._drop(subnet)
+            self._add(wanted)
+
+    def _drop(self, subnet: str) -> None:
+        self._count(self.health.pop(subnet).reachable, -1)
+        self.schedule.discard()
+        self._changed.discard(subnet)
+        self.metrics.set("peer_unreachable", 0, peer=subnet)
+
+    def _add(self, wanted: dict[str, str]) -> None:
+        """Probe these peers (subnet -> target); a known one only if its target changed."""
+        for subnet, target in wanted.items():
+            peer = self.health.get(subnet)
+            if peer is None or peer.target != target:
+                if peer is not None:
+                    self._count(peer.reachable, -1)
+                    self._changed.add(subnet)
+                new = peer is None
+                peer = self.health[subnet] = PeerHealth(target)
+                self.schedule.add(subnet, peer.last_probe, new)
 
     def _count(self, state: Optional[bool], sign: int) -> None:
         self._probed += sign * (state is not None)

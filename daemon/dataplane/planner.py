@@ -88,6 +88,61 @@ class Memo:
     def __init__(self):
         self.inputs: tuple | None = None  # (topology, connected, own subnet) of the entries
         self.entries: dict[int, tuple[Lease, str, tuple]] = {}  # id(lease) -> (lease, key, objects)
+        self.last: Plan | None = None  # the plan these entries make up
+
+
+def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected,
+                  memo: Memo) -> tuple[Plan, dict] | None:
+    """The memo's last plan with only the leases that came, went or were replaced planned:
+    a copy of its dicts and the changed leases' objects, not a pass that re-adds every
+    object. None when the answer could depend on the order of the leases (a refusal now or
+    last time, or an object key two leases share): the caller then plans them all."""
+    last, old = memo.last, memo.entries
+    if last is None or last.refused:
+        return None
+    # an entry holds its lease, so no other live object has its id: equal ids, same lease
+    current = dict(zip(map(id, leases), leases))
+    gone = old.keys() - current.keys()
+    came = [lease for lease in map(current.__getitem__, current.keys() - old.keys())
+            if lease.subnet != own_subnet]
+    if len(gone) + len(came) > len(old) // 4 + 8:
+        return None  # most of the plan changes anyway
+    out = Plan(dict(last.neighs), dict(last.fdbs), dict(last.routes), dict(last.by_lease))
+    entries = dict(old)
+    for i in gone:
+        _, key, objects = entries.pop(i)
+        for o in objects:
+            table, k = _slot(out, o)
+            if table.get(k) is o:
+                del table[k]
+        out.by_lease.pop(key, None)
+    plan_one = _plan_vxlan if topo.backend == VXLAN else _plan_host_gw
+    for lease in came:
+        key = lease_key(lease)
+        if key in out.by_lease:
+            return None
+        single = Plan()
+        plan_one(single, key, lease, topo, connected)
+        if single.refused:
+            return None
+        objects = tuple(single.by_lease.get(key, ()))
+        for o in objects:
+            table, k = _slot(out, o)
+            if k in table:
+                return None
+            table[k] = o
+        if objects:
+            out.by_lease[key] = objects
+        entries[id(lease)] = (lease, key, objects)
+    return out, entries
+
+
+def _slot(p: Plan, obj) -> tuple[dict, tuple | str]:
+    if type(obj) is Neigh:
+        return p.neighs, (obj.dev, obj.ip)
+    if type(obj) is Fdb:
+        return p.fdbs, (obj.dev, obj.mac)
+    return p.routes, obj.dst
 
 
 def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
@@ -98,10 +153,16 @@ def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
     (same L2 segment): DirectRouting and host-gw use them. With a `memo`, a lease planned
     whole by the previous call is not planned again (the result is the same).
     """
-    out = Plan()
     own_subnet = own.subnet if own is not None else None
     inputs = (topo, frozenset(connected), own_subnet)
     old = memo.entries if memo is not None and memo.inputs == inputs else {}
+    if old:
+        leases = leases if isinstance(leases, (list, tuple)) else list(leases)
+        changed = _plan_changes(own_subnet, leases, topo, connected, memo)
+        if changed is not None:
+            memo.last, memo.entries = changed
+            return changed[0]
+    out = Plan()
     fresh: dict[int, tuple[Lease, str, tuple]] = {}
     plan_one = _plan_vxlan if topo.backend == VXLAN else _plan_host_gw
     neighs, fdbs, routes, by_lease = out.neighs, out.fdbs, out.routes, out.by_lease
@@ -134,7 +195,7 @@ def plan(own: Lease | None, leases: Iterable[Lease], topo: Topology,
                 objects = by_lease[key] = tuple(by_lease[key])
             fresh[id(lease)] = (lease, key, objects)
     if memo is not None:
-        memo.inputs, memo.entries = inputs, fresh
+        memo.inputs, memo.entries, memo.last = inputs, fresh, out
     return out
 
 

@@ -36,6 +36,7 @@ class Reconciler:
         self._reasons: set[str] = set()
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self._own_peer: tuple = (None, None)  # (own lease, the peers' lease object for it)
 
     def trigger(self, reason: str) -> None:
         with self._lock:
@@ -77,7 +78,7 @@ class Reconciler:
         own = self.own()
         if own is None:
             return None
-        peers = [p for p in self.peers() if p.subnet != own.subnet]
+        peers = self._others(own, self.peers())
         started = time.monotonic()
         try:
             if reason == "etcd":  # leases changed, nothing else: the backend may skip its dump
@@ -97,6 +98,25 @@ class Reconciler:
         log.log(level, "reconciled trigger=%s peers=%d changes=%d seconds=%.3f",
                 reason, len(peers), changes, elapsed)
         return stats
+
+    def _others(self, own: Lease, leases: list[Lease]) -> list[Lease]:
+        """`leases` without our own subnet's. The lease object found for it last time is
+        looked for by id (a scan in C: comparing 5000 subnets cost a few ms per run); the
+        subnets are compared only when it is gone (renewed, replaced)."""
+        last_own, mine = self._own_peer
+        if last_own is own and mine is not None:
+            try:  # `mine` is held here, so no other live object has its id
+                k = list(map(id, leases)).index(id(mine))
+                return leases[:k] + leases[k + 1:]
+            except ValueError:
+                pass
+        subnet = own.subnet
+        for k, lease in enumerate(leases):
+            if lease.subnet == subnet:
+                self._own_peer = (own, lease)
+                return leases[:k] + [p for p in leases[k + 1:] if p.subnet != subnet]
+        self._own_peer = (own, None)
+        return leases
 
     def _record(self, stats) -> None:
         """daemon.dataplane.backend.ReconcileStats -> metrics."""

@@ -121,3 +121,38 @@ def test_the_schedule_drops_a_removed_peer_and_takes_an_added_one_after_reset():
     del peers["b"]  # one fewer: rebuilt without a reset
     later = {key for step in range(40, 100) for key in schedule.due(peers, step * 0.05)}
     assert later == {"c"}
+
+
+def test_the_peer_set_kept_change_by_change_is_the_one_synced_afresh():
+    """Peers coming, going and changing backend a few at a time: the mesh's peers, their
+    states and its gauges match a mesh that synced the final set at once, and a full round
+    of the schedule probes every peer exactly once."""
+    import random
+    from daemon.mesh import HealthMesh
+    from daemon.metrics import Metrics
+
+    rng, own = random.Random(5), lease(1)
+    known = {n: lease(n) for n in range(2, 120)}
+    mesh = HealthMesh(lambda: list(known.values()), lambda: own, Metrics(), rate=1000.0, interval=1.0)
+    mesh._sync_peers()
+    for step in range(200):
+        for _ in range(rng.randint(1, 3)):
+            n = rng.randint(1, 140)  # 1: our own subnet, in the list as the watcher has it
+            if rng.random() < 0.3:
+                known.pop(n, None)
+            else:
+                known[n] = lease(n, rng.choice(["vxlan", "host-gw"]))
+        mesh._sync_peers()
+        for subnet in rng.sample(sorted(mesh.health), 3):
+            mesh._mark(subnet, rng.random() < 0.5)
+    fresh = HealthMesh(lambda: list(known.values()), lambda: own, Metrics())
+    fresh._sync_peers()
+    assert {s: p.target for s, p in mesh.health.items()} == {s: p.target for s, p in fresh.health.items()}
+    states = [p.reachable for p in mesh.health.values()]
+    assert (mesh._probed, mesh._unreachable) == (sum(s is not None for s in states), states.count(False))
+    probed = []
+    for tick in range(1, 200):
+        for subnet in mesh.schedule.due(mesh.health, 1000.0 + tick * 0.005):
+            mesh.health[subnet].last_probe = 1000.0 + tick * 0.005
+            probed.append(subnet)
+    assert sorted(probed) == sorted(mesh.health)

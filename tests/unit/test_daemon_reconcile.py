@@ -59,6 +59,17 @@ def test_a_run_gets_every_peer_but_never_our_own_subnet_and_records_metrics():
     assert m.get("reconcile_duration_seconds_count") == 1
 
 
+def test_our_own_subnet_stays_out_as_the_peer_set_and_our_lease_object_change():
+    backend, peers = FakeBackend(), [lease(2), lease(1, ip="192.168.1.10"), lease(3)]
+    r = loop(backend, peers)
+    for change in (lambda: None, lambda: peers.append(lease(4)), lambda: peers.pop(0),
+                   lambda: peers.__setitem__(0, lease(1, ip="192.168.1.10")),  # ours renewed
+                   lambda: peers.remove(next(p for p in peers if p.key == "10.244.1.0-24"))):
+        change()
+        r.run_once("etcd")
+        assert backend.calls[-1][1] == sorted(p.key for p in peers if p.key != "10.244.1.0-24")
+
+
 def test_triggers_during_a_run_coalesce_into_one_more_run():
     backend = FakeBackend()
     r = loop(backend, [lease(2)])

@@ -236,3 +236,47 @@ def test_the_changes_since_the_last_plan_are_those_of_a_full_diff_against_it():
                           "del_fdbs", "del_neighs"):
                 assert sorted(getattr(since, field)) == sorted(getattr(full, field)), field
             assert since.unchanged == full.unchanged
+
+
+@pytest.mark.parametrize("topo", [VX, VX_DUAL], ids=["v4", "dual"])
+def test_plans_after_a_few_lease_changes_each_match_the_plan_made_afresh(topo):
+    """Leases coming, going, replaced (new PublicIP, a clashing VtepMAC) a few at a time, as
+    the watcher reports them: every memo plan equals a fresh one, and diff_since from the
+    previous plan equals a full diff."""
+    import random
+    from daemon.dataplane.planner import Memo, diff_since
+    rng = random.Random(3)
+    owned = {"flannel.1", "flannel-v6.1", "eth0"}
+    known = {n: vxlan_lease(n, v6=n % 3 == 0) for n in range(2, 200)}
+    memo, last, broken = Memo(), None, []
+    for step in range(80):
+        for n in broken:  # a refused lease is put right the step after
+            if n in known:
+                known[n] = vxlan_lease(n, v6=n % 3 == 0)
+        broken = []
+        for _ in range(rng.randint(1, 3)):
+            n = rng.randint(2, 230)
+            roll = rng.random()
+            if roll < 0.3:
+                known.pop(n, None)
+            elif roll < 0.8:
+                known[n] = vxlan_lease(n, public=f"192.168.{rng.randint(50, 60)}.{n}", v6=n % 3 == 0)
+            elif roll < 0.9:
+                known[n] = vxlan_lease(n, mac=f"02:00:00:00:00:{rng.randint(2, 230):02x}")
+                broken.append(n)
+            else:
+                known[n] = vxlan_lease(n, mac="not-a-mac")
+                broken.append(n)
+        leases = list(known.values())
+        fresh, remembered = plan(None, leases, topo), plan(None, leases, topo, memo=memo)
+        assert (remembered.neighs, remembered.fdbs, remembered.routes, remembered.refused) == \
+            (fresh.neighs, fresh.fdbs, fresh.routes, fresh.refused), step
+        assert {k: list(v) for k, v in remembered.by_lease.items()} == \
+            {k: list(v) for k, v in fresh.by_lease.items()}, step
+        if last is not None:
+            full, since = diff(remembered, last.as_kernel_state(), owned), diff_since(remembered, last, owned)
+            for name in ("set_neighs", "del_stale_fdbs", "set_fdbs", "set_routes", "del_routes",
+                         "del_fdbs", "del_neighs"):
+                assert sorted(getattr(since, name)) == sorted(getattr(full, name)), (step, name)
+            assert since.unchanged == full.unchanged
+        last = remembered
