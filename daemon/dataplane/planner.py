@@ -40,6 +40,9 @@ class Plan:
     routes: dict[str, Route] = field(default_factory=dict)
     by_lease: dict[str, list] = field(default_factory=dict)  # lease key -> its objects
     refused: dict[str, str] = field(default_factory=dict)  # lease key -> why
+    # (id of the plan this one was copied from, the lease keys changed since): diff_since's
+    # shortcut; an id, not the plan, so plans do not hold on to each other
+    since: tuple[int, list[str]] | None = field(default=None, compare=False, repr=False)
 
     def add(self, key: str, *objects) -> None:
         for obj in objects:
@@ -108,9 +111,11 @@ def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected
     if len(gone) + len(came) > len(old) // 4 + 8:
         return None  # most of the plan changes anyway
     out = Plan(dict(last.neighs), dict(last.fdbs), dict(last.routes), dict(last.by_lease))
-    entries = dict(old)
+    entries, touched = dict(old), []
+    out.since = (id(last), touched)
     for i in gone:
         _, key, objects = entries.pop(i)
+        touched.append(key)
         for o in objects:
             table, k = _slot(out, o)
             if table.get(k) is o:
@@ -121,6 +126,7 @@ def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected
         key = lease_key(lease)
         if key in out.by_lease:
             return None
+        touched.append(key)
         single = Plan()
         plan_one(single, key, lease, topo, connected)
         if single.refused:
@@ -330,8 +336,11 @@ def diff_since(wanted: Plan, last: Plan, owned_devs: frozenset[str] | set[str]) 
     objects are not the very ones of `last` (plan() with a Memo shares them): a lease change
     costs its own objects and one pass over the lease keys, not a comparison of every object."""
     old, new = last.by_lease, wanted.by_lease
-    touched = [k for k, objs in old.items() if new.get(k) is not objs]
-    touched += [k for k in new if k not in old]
+    if wanted.since is not None and wanted.since[0] == id(last):  # (`last` is alive: its id is its own)
+        touched = wanted.since[1]
+    else:
+        touched = [k for k, objs in old.items() if new.get(k) is not objs]
+        touched += [k for k in new if k not in old]
     neigh_keys, fdb_keys, dsts = {}, {}, {}  # dicts as ordered sets
     for key in touched:
         for obj in (*old.get(key, ()), *new.get(key, ())):

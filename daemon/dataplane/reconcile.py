@@ -69,6 +69,8 @@ class Reconciler:
             started = time.monotonic()
             self.run_once("+".join(sorted(reasons)))
             release_free_memory()  # a run frees as much as it allocated (daemon.memory)
+            if reasons == {"tick"}:
+                continue  # a lease change that came during the tick's long run goes next, now
             # rest as long as the run took, MIN_GAP at most: a burst of triggers during a long
             # run coalesces into one more, and a lease change after a short one waits little
             self._stop.wait(min(MIN_GAP, time.monotonic() - started))
