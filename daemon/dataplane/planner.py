@@ -86,7 +86,8 @@ class Memo:
     object is the same (the watcher replaces a lease that changed) and the topology and
     the on-link peers are too: spelling addresses out and building objects was most of a
     plan's cost, and a plan is made for every lease change. A plan's by_lease shares the
-    tuples kept here."""
+    tuples kept here. With the last plan kept too, a change of a few leases copies that plan
+    and plans those alone (_plan_changes)."""
 
     def __init__(self):
         self.inputs: tuple | None = None  # (topology, connected, own subnet) of the entries
