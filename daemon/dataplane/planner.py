@@ -99,10 +99,11 @@ def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected
                   memo: Memo) -> tuple[Plan, dict] | None:
     """The memo's last plan with only the leases that came, went or were replaced planned:
     a copy of its dicts and the changed leases' objects, not a pass that re-adds every
-    object. None when the answer could depend on the order of the leases (a refusal now or
-    last time, or an object key two leases share): the caller then plans them all."""
+    object. A refused lease is never memoized: it is planned again each time. None when the
+    answer could depend on the order of the leases (an object key two leases share, which
+    the first planned wins): the caller then plans them all."""
     last, old = memo.last, memo.entries
-    if last is None or last.refused:
+    if last is None:
         return None
     # an entry holds its lease, so no other live object has its id: equal ids, same lease
     current = dict(zip(map(id, leases), leases))
@@ -114,8 +115,9 @@ def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected
     out = Plan(dict(last.neighs), dict(last.fdbs), dict(last.routes), dict(last.by_lease))
     entries, touched = dict(old), []
     out.since = (id(last), touched)
-    for i in gone:
-        _, key, objects = entries.pop(i)
+    dropped = [entries.pop(i)[1:] for i in gone]
+    dropped += [(key, last.by_lease.get(key, ())) for key in last.refused]  # planned again
+    for key, objects in dropped:
         touched.append(key)
         for o in objects:
             table, k = _slot(out, o)
@@ -130,8 +132,6 @@ def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected
         touched.append(key)
         single = Plan()
         plan_one(single, key, lease, topo, connected)
-        if single.refused:
-            return None
         objects = tuple(single.by_lease.get(key, ()))
         for o in objects:
             table, k = _slot(out, o)
@@ -140,7 +140,10 @@ def _plan_changes(own_subnet, leases: Iterable[Lease], topo: Topology, connected
             table[k] = o
         if objects:
             out.by_lease[key] = objects
-        entries[id(lease)] = (lease, key, objects)
+        if key in single.refused:  # (not for a taken VtepMAC: that is a shared key above)
+            out.refused[key] = single.refused[key]
+        else:
+            entries[id(lease)] = (lease, key, objects)
     return out, entries
 
 
